@@ -1,0 +1,155 @@
+"""`bnas`: the command-line interface. One thin command per pipeline stage; the work lives in harness modules."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from harness.errors import BnasError
+
+PARAMS_HELP = "Params YAML file (one group per stage; see pipelines/params.yaml)."
+
+
+class _Group(click.Group):
+    """Turns user errors (BnasError) into one line on stderr and a non-zero exit, without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BnasError as e:
+            raise click.ClickException(str(e)) from None
+
+
+def _overrides(seed: int | None, sets: tuple[str, ...]) -> dict[str, Any]:
+    from harness.config import parse_override
+
+    out = dict(parse_override(s) for s in sets)
+    if seed is not None:
+        out["train.seed"] = seed
+    return out
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """bnas-harness: reproduce BNAS (Kim, Singh, Choi, ECCV 2020) and binary baselines, seed for seed."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # we never fetch weights; avoid the hub's retries offline
+
+
+@cli.command()
+@click.argument("dataset", type=click.Choice(["cifar10", "imagenet"]))
+@click.option(
+    "--source",
+    type=click.Path(path_type=Path),
+    envvar="BNAS_DATA",
+    default=None,
+    help="Local copy of the data (env BNAS_DATA). CIFAR-10: a folder holding 'cifar-10-batches-py' or a "
+    "class-folder tree 'cifar10/{train,test}/<class>/*.png'; ImageNet: a folder with train/ and val/ "
+    "(or 'imagenette/' under it). Unset: CIFAR-10 is downloaded with torchvision.",
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder the prepared dataset goes to.")
+@click.option("--params", type=click.Path(path_type=Path), default=None, help=PARAMS_HELP)
+@click.option(
+    "--download-root",
+    type=click.Path(path_type=Path),
+    default=Path("data/raw"),
+    show_default=True,
+    help="Where a torchvision download is stored.",
+)
+def prepare(dataset: str, source: Path | None, out: Path, params: Path | None, download_root: Path) -> None:
+    """Convert DATASET once into a cache with recorded fingerprint and splits."""
+    from harness.config import load_config
+    from harness.data import prepare_cifar10, prepare_imagenet
+
+    cfg = load_config(params)
+    if dataset == "cifar10":
+        meta = prepare_cifar10(
+            source,
+            out,
+            split_seed=cfg.data.split_seed,
+            search_train_fraction=cfg.data.search_train_fraction,
+            download_root=download_root,
+        )
+    else:
+        if source is None:
+            raise BnasError(
+                "ImageNet cannot be downloaded: pass --source or set BNAS_DATA to a folder with train/ val/"
+            )
+        root = source / "imagenette" if (source / "imagenette").is_dir() and not (source / "train").is_dir() else source
+        meta = prepare_imagenet(root, out)
+    click.echo(
+        f"{dataset}: {meta['num_train']} train / {meta.get('num_test', meta.get('num_val'))} eval images, "
+        f"fingerprint {meta['fingerprint']} -> {out}"
+    )
+
+
+@cli.command()
+@click.option(
+    "--params",
+    type=click.Path(path_type=Path),
+    default=Path("pipelines/params.yaml"),
+    show_default=True,
+    help=PARAMS_HELP,
+)
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Prepared dataset (from `bnas prepare`).")
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Run folder, e.g. runs/cifar10/resnet18_cifar/seed0."
+)
+@click.option("--seed", type=int, default=None, help="Override train.seed.")
+@click.option("--method", default=None, help="Method name for tags and run names (default: the model name).")
+@click.option("--resume", is_flag=True, help="Continue from <out>/checkpoint.pt if it exists (and fits the config).")
+@click.option(
+    "-S", "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a param, e.g. -S train.epochs=2."
+)
+def train(
+    params: Path, data: Path, out: Path, seed: int | None, method: str | None, resume: bool, sets: tuple[str, ...]
+) -> None:
+    """Train one model (torchrun-aware: launch with `torchrun --nproc_per_node N .venv/bin/bnas train ...`)."""
+    from harness.config import load_config
+    from harness.training import run_train
+
+    cfg = load_config(params, _overrides(seed, sets))
+    metrics = run_train(cfg, data, out, resume=resume, method=method)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(json.dumps({k: v for k, v in metrics.items() if not k.startswith("perf/")}, sort_keys=True))
+
+
+@cli.command()
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="A finished run folder (config.yaml + model.pt).",
+)
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Prepared dataset.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the metrics here as JSON.")
+def evaluate(run_dir: Path, data: Path, out: Path | None) -> None:
+    """Top-1/top-5 of a trained run on the dataset's evaluation split."""
+    from harness.training import run_evaluate
+
+    click.echo(json.dumps(run_evaluate(run_dir, data, out), sort_keys=True))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
+@click.option("--port", default=5000, show_default=True, help="Port.")
+def ui(host: str, port: int) -> None:
+    """Start the MLflow UI on the harness's tracking store (MLFLOW_TRACKING_URI or ./mlflow.db)."""
+    from harness.tracking import run_ui
+
+    raise SystemExit(run_ui(host, port))
+
+
+if __name__ == "__main__":  # `python -m harness.cli` (used under torchrun)
+    cli()

@@ -1,0 +1,239 @@
+"""Typed run configuration: frozen dataclasses hold the schema and the only defaults; YAML holds the values.
+
+`pipelines/params.yaml` (tracked by DVC) has one top-level group per dataclass below. Loading is strict: an unknown key,
+a missing group's unknown key or a value of the wrong type raises :class:`ConfigError` naming the key and the file.
+Hyperparameter defaults follow the BNAS official recipes (Kim, Singh, Choi, ECCV 2020, arXiv 2002.06963; see
+`shared/spec/bnas.md` §4-5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from harness.errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "TrainConfig",
+    "TrackingConfig",
+    "Config",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "flatten",
+    "parse_override",
+]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How prepared datasets are split, subset and augmented."""
+
+    split_seed: int = 0  # seed of the stratified permutation that defines every recorded split
+    search_train_fraction: float = 0.5  # BNAS search: this share of the train set trains weights, the rest the alphas
+    train_subset: int = 0  # train on this many images (stratified, seeded by split_seed); 0 = the whole train set
+    test_subset: int = 0  # evaluate on this many test images (stratified); 0 = the whole test set (always for results)
+    augment: bool = True  # CIFAR: random crop 32 pad 4 + horizontal flip; ImageNet: RandomResizedCrop + flip + jitter
+    color_jitter: float = 0.4  # ImageNet brightness/contrast/saturation jitter (BNAS recipe: 0.4)
+    color_jitter_hue: float = 0.2  # ImageNet hue jitter (BNAS recipe: 0.2)
+    image_size: int = 224  # ImageNet train crop and val centre crop
+    val_resize: int = 256  # ImageNet val: resize the short side to this, then centre crop image_size
+    num_workers: int = 4  # ImageNet decoding workers per process (CIFAR is decoded once by `bnas prepare`)
+    on_device: bool = True  # CIFAR: keep the uint8 images on the training device and augment there
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: model, optimiser, schedule, precision, checkpointing."""
+
+    model: str = "resnet18_cifar"  # a timm model name (our methods register theirs with timm)
+    num_classes: int = 10  # classifier outputs
+    epochs: int = 600  # BNAS CIFAR recipe: 600; ImageNet: 250
+    batch_size: int = 256  # per process; the global batch is batch_size x world size
+    opt: str = "momentum"  # timm optimizer name; "momentum" = SGD without Nesterov (BNAS), timm's "sgd" is Nesterov
+    lr: float = 0.05  # peak learning rate (BNAS CIFAR README command: 0.05)
+    momentum: float = 0.9  # SGD momentum (one-cycle cycles it between 0.85 and 0.95)
+    weight_decay: float = 3e-6  # BNAS CIFAR: 3e-6; ImageNet: 3e-5
+    filter_bias_and_bn: bool = False  # exempt biases and norm weights from weight decay (BNAS: no, decay everything)
+    sched: Literal["onecycle", "cosine", "cosine_restarts", "constant"] = "onecycle"  # stepped every iteration
+    min_lr: float = 0.0  # cosine floor (restarts: eta_min = 0 in the BNAS ImageNet recipe)
+    warmup_epochs: float = 0.0  # linear warm-up for the cosine schedules
+    restart_epochs: int = 50  # cosine_restarts cycle length T_0 (BNAS ImageNet: 50 -> 5 cycles in 250 epochs)
+    onecycle_pct: float = 0.45  # one-cycle: share of steps in each of the two ramps (BNAS: 90% ramp up+down, 10% tail)
+    onecycle_div: float = 20.0  # one-cycle: start lr = lr / onecycle_div (BNAS: 0.05 * lr)
+    onecycle_final_div: float = 100.0  # one-cycle: final lr = start lr / onecycle_final_div (BNAS: 0.0005 * lr)
+    label_smoothing: float = 0.0  # timm LabelSmoothingCrossEntropy on training batches (BNAS ImageNet: 0.1)
+    clip_grad: float = 0.0  # gradient-norm clip before the weight hooks' rescale; 0 = off (BNAS ImageNet: 5)
+    drop_path: float = 0.0  # maximum drop-path probability, ramped linearly as drop_path * epoch / epochs (BNAS: 0.2)
+    amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on CPU
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # float16 adds a GradScaler
+    channels_last: bool = True  # channels_last memory format on CUDA; ignored on CPU (slower there)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    seed: int = 0  # model init, dropout/drop-path and data order; the DVC matrix sets it per run
+    eval_interval: int = 1  # evaluate every N epochs (and always after the last)
+    log_interval: int = 50  # progress-bar refresh and non-finite-loss check interval on CUDA (every step on CPU)
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow tracking. The store defaults to `sqlite:///<project>/mlflow.db`; MLFLOW_TRACKING_URI overrides it."""
+
+    enabled: bool = True  # log runs to MLflow
+    experiment_prefix: str = "bnas"  # experiment name = <prefix>-<dataset>
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved configuration of one run (one field per params.yaml group)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Return `value` converted to `tp`, or raise ConfigError naming `key` and `source`."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) is type(typing.get_args(tp)[0]):
+            return value
+    elif origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _check_value(value, arg, key, source)
+            except ConfigError:
+                continue
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, Mapping):
+            return _build(tp, value, key, source)
+    else:  # pragma: no cover - schema bug, not user input
+        raise TypeError(f"unsupported config type {tp!r} for {key}")
+    raise ConfigError(f"{source}: {key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key '{full}' (expected one of: {', '.join(names)})")
+        kwargs[key] = _check_value(value, hints[key], full, source)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: Mapping[str, Any] | None, source: str = "<dict>") -> Config:
+    """Build a Config from nested mappings; unspecified fields keep their defaults.
+
+    Raises:
+        ConfigError: on an unknown key or a value of the wrong type.
+    """
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of groups at the top level, got {type(values).__name__}")
+    return _build(Config, values, "", source)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The resolved config as plain nested dicts (YAML/JSON serialisable)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts to dotted keys (`train.lr`), e.g. for MLflow params."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse `group.key=value` (value read as a YAML scalar, never evaluated as code)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.lr=0.1")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not a YAML scalar ({e})") from None
+    return key.strip(), value
+
+
+def _set_nested(d: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = d
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: '{p}' is a value, not a group")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load a params YAML file strictly and apply dotted-key overrides (`{"train.seed": 1}`).
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a key/type is wrong (the message names key and file).
+    """
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{source}: params file not found (expected a YAML file with groups data/train/...)")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: expected a mapping of groups at the top level, got {type(loaded).__name__}")
+        raw = loaded or {}
+    for key, value in (overrides or {}).items():
+        _set_nested(raw, key, value)
+        source = f"{source} (with overrides)" if "overrides" not in source else source
+    return config_from_dict(raw, source)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the fully resolved config as YAML, atomically."""
+    from harness.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,0 +1,360 @@
+"""The training loop shared by every model: timm optimizers/schedulers/losses, hooks, AMP, DDP, top-1/top-5.
+
+Shaped like timm's `train.py` (`train_one_epoch()`, `validate()`), with hooks around forward/backward/step so that a
+method can transform weights (XNOR-style binarisation binarises latent weights before the forward pass, restores them
+after the backward pass and rescales their gradient; bnas.md §1.2) without its own loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.config import TrainConfig
+from harness.distributed import Runtime, all_reduce_sum
+from harness.errors import NonFiniteLossError
+
+__all__ = [
+    "Hook",
+    "DropPathSchedule",
+    "IterScheduler",
+    "build_optimizer",
+    "build_scheduler",
+    "build_loss",
+    "autocast",
+    "train_one_epoch",
+    "validate",
+    "unwrap",
+]
+
+
+class Hook:
+    """Callbacks around the training step; every method is a no-op by default.
+
+    Order within a step: `before_forward` -> forward/backward -> (unscale, clip) -> `after_backward` -> optimizer step
+    -> `after_step`. Evaluation is bracketed by `before_eval`/`after_eval`; `on_epoch_start` runs before each epoch.
+    """
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
+        """Called before epoch `epoch` (0-based) of `epochs`."""
+
+    def before_forward(self, model: nn.Module) -> None:
+        """Called before each training forward pass (e.g. binarise latent weights)."""
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Called with final gradients, before the optimizer step (e.g. restore latent weights, rescale gradients)."""
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after each optimizer step."""
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
+        """Called after epoch `epoch` has been checkpointed and logged."""
+
+    def before_eval(self, model: nn.Module) -> None:
+        """Called before an evaluation pass."""
+
+    def after_eval(self, model: nn.Module) -> None:
+        """Called after an evaluation pass."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to keep in checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+class DropPathSchedule(Hook):
+    """Linear drop-path ramp p(epoch) = p_max * epoch / epochs (DARTS/BNAS CIFAR recipe, bnas.md §5.3).
+
+    Sets `model.drop_path_prob` when the model has it (DARTS-style cells) and the `drop_prob` of every timm
+    `DropPath` module.
+    """
+
+    def __init__(self, p_max: float) -> None:
+        self.p_max = p_max
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
+        from timm.layers import DropPath
+
+        p = self.p_max * epoch / max(epochs, 1)
+        if hasattr(model, "drop_path_prob"):
+            model.drop_path_prob = p
+        for m in model.modules():
+            if isinstance(m, DropPath):
+                m.drop_prob = p
+
+
+class IterScheduler:
+    """A learning-rate schedule stepped once per optimizer update (timm scheduler or torch OneCycleLR)."""
+
+    def __init__(self, sched: Any, kind: str) -> None:
+        self.sched = sched
+        self.kind = kind
+
+    def step(self, num_updates: int) -> None:
+        """Advance to `num_updates` completed updates."""
+        if self.sched is None:
+            return
+        if self.kind == "onecycle":
+            if self.sched.last_epoch + 1 < self.sched.total_steps:
+                self.sched.step()
+        else:
+            self.sched.step_update(num_updates=num_updates)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.sched is None else self.sched.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.sched is not None:
+            self.sched.load_state_dict(state)
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """timm's optimizer factory with the run's lr, momentum and weight decay."""
+    from timm.optim import create_optimizer_v2
+
+    kwargs: dict[str, Any] = {}
+    if cfg.opt in ("momentum", "sgd", "nesterov", "rmsprop", "rmsproptf"):
+        kwargs["momentum"] = cfg.momentum
+    return create_optimizer_v2(
+        model,
+        opt=cfg.opt,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        filter_bias_and_bn=cfg.filter_bias_and_bn,
+        **kwargs,
+    )
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> IterScheduler:
+    """The per-iteration schedule of the run.
+
+    - `onecycle`: the BNAS CIFAR recipe (bnas.md §5.3): lr/div -> lr -> lr/div over 2 x `onecycle_pct` of the steps,
+      then down to lr/div/final_div; momentum 0.95 -> 0.85 -> 0.95. torch's three-phase linear OneCycleLR is exactly it.
+    - `cosine`: timm cosine decay to `min_lr` with optional warm-up.
+    - `cosine_restarts`: timm cosine with cycles of `restart_epochs` (BNAS ImageNet: T_0 = 50, eta_min = 0).
+    - `constant`: no schedule.
+    """
+    total = cfg.epochs * updates_per_epoch
+    if cfg.sched == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=cfg.lr,
+            total_steps=max(total, 2),
+            pct_start=cfg.onecycle_pct,
+            anneal_strategy="linear",
+            cycle_momentum="momentum" in optimizer.defaults,
+            base_momentum=0.85,
+            max_momentum=0.95,
+            div_factor=cfg.onecycle_div,
+            final_div_factor=cfg.onecycle_final_div,
+            three_phase=True,
+        )
+        return IterScheduler(sched, "onecycle")
+    if cfg.sched == "constant":
+        return IterScheduler(None, "constant")
+    from timm.scheduler import create_scheduler_v2
+
+    if cfg.sched == "cosine":
+        sched, _ = create_scheduler_v2(
+            optimizer,
+            sched="cosine",
+            num_epochs=cfg.epochs,
+            min_lr=cfg.min_lr,
+            warmup_epochs=cfg.warmup_epochs,
+            step_on_epochs=False,
+            updates_per_epoch=updates_per_epoch,
+        )
+    else:
+        cycles = max(1, math.ceil(cfg.epochs / cfg.restart_epochs))
+        sched, _ = create_scheduler_v2(
+            optimizer,
+            sched="cosine",
+            num_epochs=cfg.restart_epochs,
+            min_lr=cfg.min_lr,
+            warmup_epochs=cfg.warmup_epochs,
+            cycle_limit=cycles,
+            cycle_decay=1.0,
+            step_on_epochs=False,
+            updates_per_epoch=updates_per_epoch,
+        )
+    return IterScheduler(sched, cfg.sched)
+
+
+def build_loss(cfg: TrainConfig) -> nn.Module:
+    """Training loss: timm's LabelSmoothingCrossEntropy when smoothing > 0, else cross-entropy."""
+    if cfg.label_smoothing > 0:
+        from timm.loss import LabelSmoothingCrossEntropy
+
+        return LabelSmoothingCrossEntropy(smoothing=cfg.label_smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16/fp16 autocast on CUDA when `cfg.amp`; a null context otherwise (CPU runs stay FP32)."""
+    if cfg.amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=getattr(torch, cfg.amp_dtype))
+    return contextlib.nullcontext()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _topk_correct(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    k = min(5, logits.shape[1])
+    hit = logits.topk(k, dim=1).indices == target[:, None]
+    return hit[:, 0].sum(), hit.any(dim=1).sum()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: IterScheduler,
+    loss_fn: nn.Module,
+    cfg: TrainConfig,
+    rt: Runtime,
+    *,
+    epoch: int,
+    global_step: int,
+    hooks: Sequence[Hook] = (),
+    scaler: torch.amp.GradScaler | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, float], int]:
+    """One pass over `loader`. Returns the epoch's train metrics (averaged over ranks) and the new global step.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf (checked every step on CPU, every `log_interval` on CUDA).
+    """
+    model.train()
+    inner = unwrap(model)
+    dev = rt.device
+    sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss*n, correct@1, n
+    check_every = 1 if dev.type == "cpu" else max(1, cfg.log_interval)
+    params = [p for p in model.parameters() if p.requires_grad]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    seen = 0
+    for i, (x, y) in enumerate(loader):
+        x = x.to(dev, non_blocking=True)
+        y = y.to(dev, non_blocking=True)
+        for h in hooks:
+            h.before_forward(inner)
+        with autocast(cfg, dev):
+            logits = model(x)
+            loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if cfg.clip_grad > 0:
+            nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        for h in hooks:
+            h.after_backward(inner)
+        if (i + 1) % check_every == 0 or i + 1 == len(loader):  # type: ignore[arg-type]
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                raise NonFiniteLossError(
+                    f"training loss became {lv} at epoch {epoch}, step {i} (global step {global_step + 1}); "
+                    f"lower train.lr or enable train.clip_grad; the last checkpoint holds the previous epoch"
+                )
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        global_step += 1
+        scheduler.step(global_step)
+        for h in hooks:
+            h.after_step(inner)
+        n = y.shape[0]
+        seen += n
+        with torch.no_grad():
+            sums += torch.stack(
+                [
+                    loss.detach().double() * n,
+                    (logits.argmax(1) == y).sum().double(),
+                    torch.tensor(float(n), dtype=torch.float64, device=dev),
+                ]
+            )
+        if bar is not None and ((i + 1) % max(1, cfg.log_interval) == 0 or i + 1 == len(loader)):  # type: ignore[arg-type]
+            dt = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{float(sums[0] / sums[2]):.3f}", img_s=f"{seen * rt.world_size / dt:.0f}")
+            bar.update((i + 1) - bar.n)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    elapsed = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    all_reduce_sum(sums, rt)
+    n_total = max(float(sums[2]), 1.0)
+    return {
+        "train/loss": float(sums[0]) / n_total,
+        "train/top1": 100.0 * float(sums[1]) / n_total,
+        "perf/train_img_s": n_total / elapsed,
+        "lr": optimizer.param_groups[0]["lr"],
+        "perf/epoch_s": elapsed,
+    }, global_step
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    cfg: TrainConfig,
+    rt: Runtime,
+    hooks: Sequence[Hook] = (),
+) -> dict[str, float]:
+    """Top-1/top-5 accuracy (%) and mean cross-entropy over the loader, summed exactly over ranks."""
+    for h in hooks:
+        h.before_eval(model)
+    model.eval()
+    dev = rt.device
+    sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss sum, top1, top5, n
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    t0 = time.perf_counter()
+    try:
+        for x, y in loader:
+            x = x.to(dev, non_blocking=True)
+            y = y.to(dev, non_blocking=True)
+            with autocast(cfg, dev):
+                logits = model(x)
+            c1, c5 = _topk_correct(logits, y)
+            sums += torch.stack(
+                [
+                    loss_fn(logits.float(), y).double(),
+                    c1.double(),
+                    c5.double(),
+                    torch.tensor(float(y.shape[0]), dtype=torch.float64, device=dev),
+                ]
+            )
+    finally:
+        for h in hooks:
+            h.after_eval(model)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    elapsed = time.perf_counter() - t0
+    all_reduce_sum(sums, rt)
+    n = max(float(sums[3]), 1.0)
+    return {
+        "val/loss": float(sums[0]) / n,
+        "val/top1": 100.0 * float(sums[1]) / n,
+        "val/top5": 100.0 * float(sums[2]) / n,
+        "val/n": float(sums[3]),
+        "perf/val_img_s": n / elapsed,
+    }

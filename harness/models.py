@@ -1,0 +1,36 @@
+"""Model creation: every network is a timm model; importing `methods` registers ours."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from harness.errors import BnasError
+
+__all__ = ["create_model", "count_params"]
+
+
+def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """`timm.create_model(name, num_classes=...)` after registering our methods.
+
+    Raises:
+        BnasError: `name` is not a registered model (the message lists close matches).
+    """
+    import difflib
+
+    import timm
+
+    import methods  # noqa: F401  (registers models)
+
+    if not timm.is_model(name):
+        names = timm.list_models()
+        close = difflib.get_close_matches(name, names, n=5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise BnasError(f"unknown model '{name}' (train.model): expected a timm model name{hint}")
+    return timm.create_model(name, num_classes=num_classes, pretrained=False, **kwargs)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.config import Config, TrainConfig, config_from_dict, flatten, load_config, parse_override, save_config
+from harness.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_project_params_load_strictly():
+    cfg = load_config(REPO / "pipelines" / "params.yaml")
+    assert isinstance(cfg, Config)
+    assert cfg.train.model == "resnet18_cifar"
+
+
+def test_defaults_live_in_dataclasses():
+    cfg = config_from_dict({})
+    assert cfg.train == TrainConfig()
+    assert cfg.train.sched == "onecycle" and cfg.train.epochs == 600  # BNAS CIFAR recipe
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("train:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml.*unknown key 'train\.lrr'"):
+        load_config(p)
+
+
+def test_unknown_group(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("trian:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown key 'trian'"):
+        load_config(p)
+
+
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("train:\n  lr: fast\n", "train.lr"),
+        ("train:\n  epochs: 2.5\n", "train.epochs"),
+        ("train:\n  epochs: true\n", "train.epochs"),
+        ("train:\n  amp: 1\n", "train.amp"),
+        ("train:\n  sched: linear\n", "train.sched"),
+        ("data:\n  split_seed: '0'\n", "data.split_seed"),
+        ("train: 3\n", "train"),
+    ],
+)
+def test_wrong_type_names_key_and_file(tmp_path, text, key):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "bad.yaml" in str(e.value) and key in str(e.value)
+
+
+def test_int_is_accepted_for_float(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("train:\n  lr: 1\n")
+    cfg = load_config(p)
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    p = tmp_path / "m.yaml"
+    p.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+
+
+def test_overrides_are_yaml_scalars_never_code():
+    assert parse_override("train.lr=0.1") == ("train.lr", 0.1)
+    key, value = parse_override("train.model=__import__('os').system('x')")
+    assert value == "__import__('os').system('x')"  # stays a string
+    with pytest.raises(ConfigError):
+        parse_override("train.lr")
+    cfg = load_config(None, {"train.epochs": 3, "data.train_subset": 10})
+    assert cfg.train.epochs == 3 and cfg.data.train_subset == 10
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(None, {"train.epochs": "three"})
+
+
+def test_frozen_and_resolved_config_roundtrip(tmp_path):
+    cfg = load_config(None, {"train.lr": 0.2})
+    with pytest.raises(AttributeError):
+        cfg.train.lr = 0.3  # type: ignore[misc]
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+    assert flatten({"a": {"b": 1}}) == {"a.b": 1}

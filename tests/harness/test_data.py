@@ -1,0 +1,217 @@
+"""Data handling on the real CIFAR-10 and Imagenette copies (never synthetic images)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from harness.data import (
+    CIFAR10_CLASSES,
+    CifarLoader,
+    crop_flip,
+    folder_fingerprint,
+    imagenet_loaders,
+    load_cifar10,
+    prepare_cifar10,
+    prepare_imagenet,
+    stratified_split,
+    stratified_subset,
+)
+from harness.errors import DataError
+
+# From shared/data/README.md (sha256 of the sorted sha256sum lines, first 16 hex digits).
+README_FINGERPRINTS = {
+    "cifar10/train": "76eb1d1279d1d304",
+    "cifar10/test": "41953a0708927013",
+    "imagenette/train": "99b31302f3766761",
+    "imagenette/val": "db4c2542894ba32c",
+}
+
+
+def test_cifar_cache_matches_the_source(cifar_cache, data_root):
+    meta = json.loads((cifar_cache / "meta.json").read_text())
+    assert meta["source_fingerprint"] == {
+        "train": README_FINGERPRINTS["cifar10/train"],
+        "test": README_FINGERPRINTS["cifar10/test"],
+    }
+    ds = load_cifar10(cifar_cache)
+    assert ds.train_x.shape == (50_000, 3, 32, 32) and ds.train_x.dtype == torch.uint8
+    assert ds.test_x.shape == (10_000, 3, 32, 32)
+    assert torch.bincount(ds.train_y).tolist() == [5000] * 10
+    assert torch.bincount(ds.test_y).tolist() == [1000] * 10
+    # pixel-exact against PIL for a few images; labels follow the alphabetical class folders
+    for split, x, y in (("train", ds.train_x, ds.train_y), ("test", ds.test_x, ds.test_y)):
+        per_class = 5000 if split == "train" else 1000
+        for i in (0, per_class * 3 + 17, len(y) - 1):
+            cls = CIFAR10_CLASSES[int(y[i])]
+            name = sorted(p.name.encode() for p in (data_root / "cifar10" / split / cls).iterdir())[i % per_class]
+            ref = np.asarray(Image.open(data_root / "cifar10" / split / cls / name.decode()).convert("RGB"))
+            assert np.array_equal(x[i].permute(1, 2, 0).numpy(), ref)
+
+
+def test_folder_fingerprint_matches_readme(data_root):
+    assert folder_fingerprint(data_root / "cifar10" / "test") == README_FINGERPRINTS["cifar10/test"]
+    assert folder_fingerprint(data_root / "imagenette" / "val") == README_FINGERPRINTS["imagenette/val"]
+
+
+def test_search_split_is_recorded_stratified_and_deterministic(cifar_cache):
+    ds = load_cifar10(cifar_cache)
+    tr, va = ds.search_train_idx.numpy(), ds.search_val_idx.numpy()
+    assert len(tr) == len(va) == 25_000
+    assert len(np.intersect1d(tr, va)) == 0 and len(np.union1d(tr, va)) == 50_000
+    y = ds.train_y.numpy()
+    assert np.bincount(y[tr]).tolist() == [2500] * 10
+    again, _ = stratified_split(y, 0.5, 0)
+    assert np.array_equal(again, tr)
+    other, _ = stratified_split(y, 0.5, 1)
+    assert not np.array_equal(other, tr)
+    sub = stratified_subset(y, 1000, 0)
+    assert len(sub) == 1000 and np.bincount(y[sub]).tolist() == [100] * 10
+
+
+def _write_batches(folder: Path, ds) -> dict[str, np.ndarray]:
+    """A torchvision-format cifar-10-batches-py folder holding real CIFAR images (20 per batch file)."""
+    folder.mkdir(parents=True)
+    written = {}
+    for i, name in enumerate(
+        ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+    ):
+        src_x, src_y = (ds.test_x, ds.test_y) if name == "test_batch" else (ds.train_x, ds.train_y)
+        idx = i * 997 % 1000 + torch.arange(20) * 450
+        x = src_x[idx].numpy()
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": x.reshape(len(x), -1), b"labels": src_y[idx].tolist()}, f)
+        written[name] = x
+    return written
+
+
+def test_prepare_from_torchvision_batches(cifar_cache, tmp_path):
+    ds = load_cifar10(cifar_cache)
+    written = _write_batches(tmp_path / "src" / "cifar-10-batches-py", ds)
+    meta = prepare_cifar10(
+        tmp_path / "src", tmp_path / "out", split_seed=0, search_train_fraction=0.5, download_root=tmp_path
+    )
+    assert meta["source_kind"] == "batches" and meta["num_train"] == 100 and meta["num_test"] == 20
+    got = load_cifar10(tmp_path / "out")
+    assert np.array_equal(got.train_x[:20].numpy(), written["data_batch_1"])
+    assert np.array_equal(got.test_x.numpy(), written["test_batch"])
+
+
+def test_missing_and_corrupt_sources_are_clear_errors(tmp_path, data_root):
+    with pytest.raises(DataError, match="nope.*not found"):
+        prepare_cifar10(
+            tmp_path / "nope", tmp_path / "o", split_seed=0, search_train_fraction=0.5, download_root=tmp_path
+        )
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no CIFAR-10 found"):
+        prepare_cifar10(
+            tmp_path / "empty", tmp_path / "o", split_seed=0, search_train_fraction=0.5, download_root=tmp_path
+        )
+    # a class-folder tree with one real image per class and one corrupt file
+    tree = tmp_path / "tree"
+    for split in ("train", "test"):
+        for cls in CIFAR10_CLASSES:
+            d = tree / split / cls
+            d.mkdir(parents=True)
+            src = sorted((data_root / "cifar10" / split / cls).iterdir())[0]
+            shutil.copy(src, d / src.name)
+    (tree / "train" / "cat" / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(DataError, match="zz_broken.png: corrupt"):
+        prepare_cifar10(tree, tmp_path / "o", split_seed=0, search_train_fraction=0.5, download_root=tmp_path)
+    assert not (tmp_path / "o" / "meta.json").exists()  # no half-written cache
+    (tree / "train" / "cat" / "zz_broken.png").unlink()
+    shutil.rmtree(tree / "test" / "dog")
+    with pytest.raises(DataError, match="not the 10 CIFAR-10 classes"):
+        prepare_cifar10(tree, tmp_path / "o", split_seed=0, search_train_fraction=0.5, download_root=tmp_path)
+
+
+def test_load_rejects_missing_or_truncated_cache(cifar_cache, tmp_path):
+    with pytest.raises(DataError, match="meta.json missing"):
+        load_cifar10(tmp_path)
+    bad = tmp_path / "bad"
+    shutil.copytree(cifar_cache, bad)
+    (bad / "test_x.npy").write_bytes((bad / "test_x.npy").read_bytes()[:1000])
+    with pytest.raises(DataError, match="corrupt CIFAR-10 cache"):
+        load_cifar10(bad)
+
+
+def test_crop_flip_equals_per_image_torchvision_ops(cifar_cache):
+    ds = load_cifar10(cifar_cache)
+    x = ds.train_x[:16]
+    g = torch.Generator().manual_seed(0)
+    oy, ox = torch.randint(0, 9, (16,), generator=g), torch.randint(0, 9, (16,), generator=g)
+    flip = torch.rand(16, generator=g) < 0.5
+    out = crop_flip(x, oy, ox, flip)
+    from torchvision.transforms.functional import crop, hflip, pad
+
+    for i in range(16):
+        ref = crop(pad(x[i], [4]), int(oy[i]), int(ox[i]), 32, 32)
+        if flip[i]:
+            ref = hflip(ref)
+        assert torch.equal(out[i], ref)
+
+
+def test_cifar_loader_epochs_shards_and_normalisation(cifar_cache):
+    ds = load_cifar10(cifar_cache)
+    x, y = ds.train_x[:1000], ds.train_y[:1000]
+    full = CifarLoader(x, y, 100, train=True, seed=3)
+    full.set_epoch(1)
+    a = [b[0] for b in full]
+    b = [b[0] for b in full]
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))  # an epoch is reproducible
+    full.set_epoch(2)
+    assert not torch.equal(next(iter(full))[0], a[0])
+    # two ranks take disjoint halves of the same permutation, with the same augmentation per sample
+    full.set_epoch(1)
+    ys_full = torch.cat([b[1] for b in full])
+    shards = [CifarLoader(x, y, 50, train=True, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for s in shards:
+        s.set_epoch(1)
+    xs = [torch.cat([b[0] for b in s]) for s in shards]
+    ys = [torch.cat([b[1] for b in s]) for s in shards]
+    assert len(xs[0]) == len(xs[1]) == 500
+    assert torch.equal(torch.stack([ys[0], ys[1]], 1).reshape(-1), ys_full)
+    assert torch.equal(torch.stack([xs[0], xs[1]], 1).reshape(-1, 3, 32, 32), torch.cat(a))
+    # normalised with the CIFAR train statistics: a plain pass over the whole train set has mean 0, std 1
+    ev = CifarLoader(ds.train_x, ds.train_y, 5000, train=False)
+    allx = torch.cat([b[0] for b in ev])
+    assert allx.mean(dim=(0, 2, 3)).abs().max() < 1e-3
+    assert (allx.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-3
+
+
+def test_imagenet_folder_layout_and_transforms(data_root, tmp_path):
+    root = data_root / "imagenette"
+    meta = prepare_imagenet(root, tmp_path / "imagenet")
+    assert meta["num_train"] == 1000 and meta["num_val"] == 500 and len(meta["classes"]) == 10
+    assert meta["source_fingerprint"] == {
+        "train": README_FINGERPRINTS["imagenette/train"],
+        "val": README_FINGERPRINTS["imagenette/val"],
+    }
+    from harness.config import DataConfig
+
+    train, val, _ = imagenet_loaders(tmp_path / "imagenet", DataConfig(num_workers=0), 8, seed=0)
+    train.set_epoch(0)
+    x, y = next(iter(train))
+    assert x.shape == (8, 3, 224, 224) and y.shape == (8,)
+    xv, yv = next(iter(val))
+    assert xv.shape == (8, 3, 224, 224) and yv.tolist() == [0] * 8  # val is ordered by class
+    # greyscale JPEGs come out as 3-channel RGB
+    grey = next(p for p in sorted((root / "train").rglob("*.JPEG")) if Image.open(p).mode != "RGB")
+    ds = train.loader.dataset
+    i = [s[0] for s in ds.samples].index(str(grey))
+    assert ds[i][0].shape == (3, 224, 224)
+
+
+def test_imagenet_bad_layout(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        prepare_imagenet(tmp_path / "nope", tmp_path / "o")
+    (tmp_path / "inet" / "train" / "n01440764").mkdir(parents=True)
+    with pytest.raises(DataError, match="missing 'val/'"):
+        prepare_imagenet(tmp_path / "inet", tmp_path / "o")

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+import timm
+import torch
+
+import methods
+from harness.errors import BnasError
+from harness.models import create_model
+
+
+def _our_models() -> list[str]:
+    from timm.models._registry import _model_to_module
+
+    return sorted(n for n, mod in _model_to_module.items() if mod.startswith("methods.") or mod in {"resnet_cifar"})
+
+
+def test_registered():
+    assert "resnet18_cifar" in _our_models()
+
+
+@pytest.mark.parametrize("name", _our_models())
+def test_forward_backward_reset(name):
+    m = timm.create_model(name, num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    y = m(x)
+    assert y.shape == (2, 10) and torch.isfinite(y).all()
+    y.sum().backward()
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+    m.reset_classifier(7)
+    assert m(x).shape == (2, 7)
+
+
+def test_resnet18_cifar_shape_and_size():
+    m = timm.create_model("resnet18_cifar", num_classes=10)
+    assert sum(p.numel() for p in m.parameters()) == 11_173_962  # ResNet-18, CIFAR stem, 10 classes
+    assert m.conv1.kernel_size == (3, 3) and m.conv1.stride == (1, 1)
+    assert m.forward_features(torch.randn(1, 3, 32, 32)).shape[-2:] == (4, 4)
+
+
+def test_no_name_shadows_a_timm_builtin():
+    timm_modules = [
+        importlib.import_module(f"timm.models.{m.name}") for m in pkgutil.iter_modules(timm.models.__path__)
+    ]
+    for name in _our_models():
+        owners = [mod.__name__ for mod in timm_modules if callable(getattr(mod, name, None))]
+        assert owners == [], f"{name} shadows {owners}"
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(BnasError, match="unknown model 'resnet18_cifr'.*resnet18_cifar"):
+        create_model("resnet18_cifr", 10)
+
+
+def test_methods_does_not_import_harness_mlflow_or_click():
+    import ast
+    from pathlib import Path
+
+    root = Path(methods.__file__).parent
+    for f in root.rglob("*.py"):
+        tree = ast.parse(f.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for n in names:
+                assert n.split(".")[0] not in {"harness", "mlflow", "click", "dvc"}, f"{f} imports {n}"
