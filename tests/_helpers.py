@@ -1,0 +1,33 @@
+"""Small builders shared by the engine tests (real CIFAR-10 subsets, timm's tiny `test_resnet`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.config import Config, config_from_dict
+
+
+def tiny_config(track: bool = False, train_subset: int = 512, test_subset: int = 256, **train: Any) -> Config:
+    """A seconds-long run: timm's 0.37M-parameter test_resnet on 512 real CIFAR-10 train / 256 test images."""
+    values = {
+        "model": "test_resnet",
+        "epochs": 3,
+        "batch_size": 64,
+        "lr": 0.05,
+        "weight_decay": 5e-4,
+        "device": "cpu",
+        "threads": 2,
+        **train,
+    }
+    return config_from_dict(
+        {
+            "data": {"train_subset": train_subset, "test_subset": test_subset},
+            "train": values,
+            "tracking": {"enabled": track},
+        }
+    )
+
+
+def strip_perf(d: dict[str, Any]) -> dict[str, Any]:
+    """Drop timing/memory entries, which differ between otherwise identical runs."""
+    return {k: v for k, v in d.items() if not k.startswith("perf/")}
