@@ -116,9 +116,10 @@ def train(
 ) -> None:
     """Train one model (torchrun-aware: launch with `torchrun --nproc_per_node N .venv/bin/bnas train ...`)."""
     from harness.config import load_config
+
+    cfg = load_config(params, _overrides(seed, sets))  # fail fast on a bad config, before importing torch
     from harness.training import run_train
 
-    cfg = load_config(params, _overrides(seed, sets))
     metrics = run_train(cfg, data, out, resume=resume, method=method)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(json.dumps({k: v for k, v in metrics.items() if not k.startswith("perf/")}, sort_keys=True))

@@ -247,6 +247,10 @@ def fit(
                 scaler=scaler,
                 progress=progress and rt.is_main,
             )
+            if rt.distributed:  # BN running stats drift apart per rank: average them before eval and checkpoint
+                from timm.utils import distribute_bn
+
+                distribute_bn(unwrap(model), rt.world_size, reduce=True)
             row: dict[str, Any] = {"epoch": epoch + 1, **tm}
             if (epoch + 1) % tc.eval_interval == 0 or epoch + 1 == tc.epochs:
                 row.update(validate(unwrap(model), val_loader, tc, rt, hooks))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from harness.config import Config, config_from_dict
+from harness.engine import Hook
 
 
 def tiny_config(track: bool = False, train_subset: int = 512, test_subset: int = 256, **train: Any) -> Config:
@@ -31,3 +34,27 @@ def tiny_config(track: bool = False, train_subset: int = 512, test_subset: int =
 def strip_perf(d: dict[str, Any]) -> dict[str, Any]:
     """Drop timing/memory entries, which differ between otherwise identical runs."""
     return {k: v for k, v in d.items() if not k.startswith("perf/")}
+
+
+class CrashAfter(Hook):
+    """Raise after epoch `epoch` has been checkpointed (a crash between epochs)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, model, epoch):
+        if epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+class PoisonWeights(Hook):
+    """Fill the first parameter with NaN before training step `at_step` (1-based, counted across epochs)."""
+
+    def __init__(self, at_step: int) -> None:
+        self.n, self.at = 0, at_step
+
+    def before_forward(self, model):
+        self.n += 1
+        if self.n == self.at:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))

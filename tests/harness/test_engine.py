@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import strip_perf, tiny_config
+from _helpers import CrashAfter, PoisonWeights, strip_perf, tiny_config
 from torch import nn
 
 from harness.config import TrainConfig
@@ -147,15 +147,6 @@ def test_training_learns_on_real_cifar(cifar_cache, tmp_path):
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "model.pt").is_file()
 
 
-class CrashAfter(Hook):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_epoch_end(self, model, epoch):
-        if epoch == self.epoch:
-            raise RuntimeError("simulated crash")
-
-
 def _state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)
 
@@ -186,17 +177,6 @@ def test_corrupt_checkpoint_is_a_clear_error(cifar_cache, tmp_path):
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="checkpoint.pt: corrupt"):
         run_train(tiny_config(epochs=1), cifar_cache, run, resume=True, progress=False)
-
-
-class PoisonWeights(Hook):
-    def __init__(self, at_step: int) -> None:
-        self.n, self.at = 0, at_step
-
-    def before_forward(self, model):
-        self.n += 1
-        if self.n == self.at:
-            with torch.no_grad():
-                next(model.parameters()).fill_(float("nan"))
 
 
 def test_non_finite_loss_stops_the_run(cifar_cache, tmp_path):

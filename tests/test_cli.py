@@ -1,0 +1,105 @@
+"""The `bnas` CLI: every command has help; bad input gives one line and a non-zero exit; a real run end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import cli
+
+BNAS = str(Path(sys.executable).parent / "bnas")
+COMMANDS = ["prepare", "train", "evaluate", "ui"]
+
+
+def test_help_lists_every_command():
+    res = CliRunner().invoke(cli, ["--help"])
+    assert res.exit_code == 0
+    for c in COMMANDS:
+        assert c in res.output
+    for c in COMMANDS:
+        sub = CliRunner().invoke(cli, [c, "--help"])
+        assert sub.exit_code == 0 and "Usage:" in sub.output and len(sub.output.splitlines()) > 3
+
+
+def _bad(args: list[str], cwd: Path) -> str:
+    """Run the real console script; assert one error line on stderr, no traceback, non-zero exit."""
+    res = subprocess.run(
+        [BNAS, *args], cwd=cwd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1")
+    )
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("Error")]
+    assert len(errors) == 1, res.stderr
+    return errors[0]
+
+
+def test_bad_inputs_give_one_clear_line(cifar_cache, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: many\n")
+    line = _bad(["train", "--params", str(bad), "--data", str(cifar_cache), "--out", str(tmp_path / "r")], tmp_path)
+    assert "bad.yaml" in line and "train.epochs" in line
+    line = _bad(
+        [
+            "train",
+            "--data",
+            str(cifar_cache),
+            "--out",
+            str(tmp_path / "r"),
+            "--params",
+            str(bad),
+            "-S",
+            "train.epochs=1",
+            "-S",
+            "train.modle=x",
+        ],
+        tmp_path,
+    )
+    assert "train.modle" in line
+    good = tmp_path / "good.yaml"
+    good.write_text("train: {model: resnet_18, epochs: 1}\ntracking: {enabled: false}\n")
+    line = _bad(["train", "--params", str(good), "--data", str(cifar_cache), "--out", str(tmp_path / "r")], tmp_path)
+    assert "unknown model 'resnet_18'" in line
+    line = _bad(
+        ["train", "--params", str(good), "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "r")], tmp_path
+    )
+    assert "nodata" in line and "bnas prepare" in line
+    line = _bad(["prepare", "cifar10", "--source", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")], tmp_path)
+    assert "nowhere" in line
+    line = _bad(["evaluate", "--run", str(tmp_path), "--data", str(cifar_cache)], tmp_path)
+    assert "config.yaml" in line
+
+
+def test_train_and_evaluate_end_to_end(cifar_cache, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "data: {train_subset: 512, test_subset: 500}\n"
+        "train: {model: test_resnet, epochs: 1, batch_size: 64, device: cpu}\n"
+        "tracking: {enabled: false}\n"
+    )
+    run = tmp_path / "runs" / "cifar10" / "test_resnet" / "seed1"
+    res = CliRunner().invoke(
+        cli, ["train", "--params", str(params), "--data", str(cifar_cache), "--out", str(run), "--seed", "1"]
+    )
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "seed: 1" in (run / "config.yaml").read_text()
+    res = CliRunner().invoke(
+        cli, ["evaluate", "--run", str(run), "--data", str(cifar_cache), "--out", str(tmp_path / "eval.json")]
+    )
+    assert res.exit_code == 0, res.output
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert ev["val/top1"] == pytest.approx(metrics["val/top1"]) and ev["val/n"] == 500
+
+
+def test_prepare_imagenet_from_env(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("BNAS_DATA", str(data_root))
+    res = CliRunner().invoke(cli, ["prepare", "imagenet", "--out", str(tmp_path / "inet")])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "inet" / "meta.json").read_text())
+    assert meta["num_train"] == 1000 and meta["root"].endswith("imagenette")
