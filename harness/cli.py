@@ -85,7 +85,9 @@ def prepare(dataset: str, source: Path | None, out: Path, params: Path | None, d
             raise BnasError(
                 "ImageNet cannot be downloaded: pass --source or set BNAS_DATA to a folder with train/ val/"
             )
-        root = source / "imagenette" if (source / "imagenette").is_dir() and not (source / "train").is_dir() else source
+        root = source
+        if not (source / "train").is_dir():  # BNAS_DATA may be a data root holding imagenet/ or imagenette/
+            root = next((source / n for n in ("imagenet", "imagenette") if (source / n / "train").is_dir()), source)
         meta = prepare_imagenet(root, out)
     click.echo(
         f"{dataset}: {meta['num_train']} train / {meta.get('num_test', meta.get('num_val'))} eval images, "

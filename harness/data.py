@@ -421,11 +421,10 @@ class CifarLoader:
         return torch.arange(n)[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        n = (
-            len(self.labels) // self.world_size
-            if self.train
-            else len(range(self.rank, len(self.labels), self.world_size))
-        )
+        if self.train:  # a trailing batch of one sample is dropped (train-mode BatchNorm cannot take it)
+            n = len(self.labels) // self.world_size
+            return n // self.batch_size + (1 if n % self.batch_size >= 2 else 0)
+        n = len(range(self.rank, len(self.labels), self.world_size))
         return (n + self.batch_size - 1) // self.batch_size
 
     @property
@@ -442,6 +441,8 @@ class CifarLoader:
             aug_flip = torch.rand(n, generator=g) < 0.5
         for start in range(0, len(idx), self.batch_size):
             bidx = idx[start : start + self.batch_size]
+            if self.train and len(bidx) < 2:
+                break
             dev_idx = bidx.to(self.device, non_blocking=True)
             x = self.images[dev_idx]
             if self.augment:
@@ -586,10 +587,11 @@ def imagenet_loaders(
     if cfg.train_subset > 0:
         keep = stratified_subset(np.asarray(train_set.targets), cfg.train_subset, cfg.split_seed)
         train_set = Subset(train_set, keep.tolist())
+    val_idx = stratified_subset(np.asarray(val_set.targets), cfg.test_subset, cfg.split_seed)
     kw: dict[str, Any] = {"num_workers": cfg.num_workers, "pin_memory": pin_memory}
     sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=seed, drop_last=True)
     train = DataLoader(train_set, batch_size, sampler=sampler, drop_last=True, generator=torch.Generator(), **kw)
-    val_shard = Subset(val_set, list(range(rank, len(val_set), world_size)))
+    val_shard = Subset(val_set, val_idx[rank::world_size].tolist())
     val = DataLoader(val_shard, batch_size, shuffle=False, **kw)
     meta.setdefault("classes", val_set.classes)
     meta.setdefault("dataset", "imagenet")

@@ -240,6 +240,7 @@ def train_one_epoch(
     dev = rt.device
     sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss*n, correct@1, n
     check_every = 1 if dev.type == "cpu" else max(1, cfg.log_interval)
+    channels_last = cfg.channels_last and dev.type == "cuda"
     params = [p for p in model.parameters() if p.requires_grad]
     bar = None
     if progress:
@@ -251,6 +252,8 @@ def train_one_epoch(
     for i, (x, y) in enumerate(loader):
         x = x.to(dev, non_blocking=True)
         y = y.to(dev, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         for h in hooks:
             h.before_forward(inner)
         with autocast(cfg, dev):
@@ -292,10 +295,13 @@ def train_one_epoch(
                     torch.tensor(float(n), dtype=torch.float64, device=dev),
                 ]
             )
-        if bar is not None and ((i + 1) % max(1, cfg.log_interval) == 0 or i + 1 == len(loader)):  # type: ignore[arg-type]
-            dt = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{float(sums[0] / sums[2]):.3f}", img_s=f"{seen * rt.world_size / dt:.0f}")
-            bar.update((i + 1) - bar.n)
+        if bar is not None:
+            if (i + 1) % max(1, cfg.log_interval) == 0 or i == 0:  # the postfix syncs with the device
+                dt = time.perf_counter() - t0
+                bar.set_postfix(
+                    loss=f"{float(sums[0] / sums[2]):.3f}", img_s=f"{seen * rt.world_size / dt:.0f}", refresh=False
+                )
+            bar.update(1)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     elapsed = time.perf_counter() - t0

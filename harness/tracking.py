@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -162,7 +163,7 @@ def run_ui(host: str = "127.0.0.1", port: int = 5000, uri: str | None = None) ->
     cmd = ["mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     if uri.startswith("sqlite:///"):
         cmd += ["--default-artifact-root", (root / "mlartifacts").as_uri()]
-    mlflow_bin = Path(os.sys.executable).parent / "mlflow"
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
     if mlflow_bin.exists():
         cmd[0] = str(mlflow_bin)
     return subprocess.call(cmd, env=env)

@@ -103,3 +103,54 @@ def test_prepare_imagenet_from_env(data_root, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     meta = json.loads((tmp_path / "inet" / "meta.json").read_text())
     assert meta["num_train"] == 1000 and meta["root"].endswith("imagenette")
+
+
+def test_imagenet_path_trains_end_to_end(data_root, tmp_path):
+    """The ImageNet code path (224x224 inputs, folder loader, BNAS transforms) on real Imagenette images."""
+    runner = CliRunner()
+    res = runner.invoke(
+        cli, ["prepare", "imagenet", "--source", str(data_root / "imagenette"), "--out", str(tmp_path / "inet")]
+    )
+    assert res.exit_code == 0, res.output
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "data: {train_subset: 40, test_subset: 20, num_workers: 0}\n"
+        "train: {model: test_resnet, epochs: 1, batch_size: 10, device: cpu, sched: cosine_restarts,\n"
+        "        label_smoothing: 0.1, clip_grad: 5.0, restart_epochs: 1}\n"
+        "tracking: {enabled: false}\n"
+    )
+    run = tmp_path / "run"
+    res = runner.invoke(cli, ["train", "--params", str(params), "--data", str(tmp_path / "inet"), "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["val/n"] == 20 and m["params"] > 0
+
+
+def test_ui_serves_on_loopback(tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    proc = subprocess.Popen(
+        [BNAS, "ui", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline, status = time.time() + 90, None
+        while time.time() < deadline and status is None:
+            try:
+                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)

@@ -215,3 +215,11 @@ def test_imagenet_bad_layout(tmp_path):
     (tmp_path / "inet" / "train" / "n01440764").mkdir(parents=True)
     with pytest.raises(DataError, match="missing 'val/'"):
         prepare_imagenet(tmp_path / "inet", tmp_path / "o")
+
+
+def test_a_trailing_single_sample_batch_is_dropped_in_training(cifar_cache):
+    ds = load_cifar10(cifar_cache)
+    loader = CifarLoader(ds.train_x[:129], ds.train_y[:129], 64, train=True)
+    assert len(loader) == 2 and [len(b[1]) for b in loader] == [64, 64]
+    ev = CifarLoader(ds.train_x[:129], ds.train_y[:129], 64, train=False)
+    assert len(ev) == 3 and sum(len(b[1]) for b in ev) == 129

@@ -70,3 +70,19 @@ def test_methods_does_not_import_harness_mlflow_or_click():
                 names = [node.module]
             for n in names:
                 assert n.split(".")[0] not in {"harness", "mlflow", "click", "dvc"}, f"{f} imports {n}"
+
+
+def test_resnet18_cifar_trains_through_the_engine(cifar_cache, tmp_path):
+    """The first real model path: the full-precision CIFAR ResNet-18 on real CIFAR-10 images."""
+    from _helpers import tiny_config
+
+    from harness.training import run_train
+
+    m = run_train(
+        tiny_config(model="resnet18_cifar", epochs=1, train_subset=256, test_subset=256),
+        cifar_cache,
+        tmp_path / "run",
+        progress=False,
+    )
+    assert m["params"] == 11_173_962 and m["val/n"] == 256
+    assert 0 < m["train/loss"] < 10 and 0 <= m["val/top1"] <= 100
