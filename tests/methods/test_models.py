@@ -13,13 +13,28 @@ from harness.models import create_model
 
 
 def _our_models() -> list[str]:
-    from timm.models._registry import _model_to_module
+    """Every model registered by a module under methods/ (from the modules' __all__)."""
+    import methods.baselines as pkg
 
-    return sorted(n for n, mod in _model_to_module.items() if mod.startswith("methods.") or mod in {"resnet_cifar"})
+    names = []
+    for info in pkgutil.iter_modules(pkg.__path__):
+        mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        names += [n for n in getattr(mod, "__all__", []) if timm.is_model(n)]
+    return sorted(names)
 
 
 def test_registered():
-    assert "resnet18_cifar" in _our_models()
+    expected = {
+        "resnet18_cifar",
+        "binarynet_resnet18",
+        "xnornet_resnet18",
+        "xnornetpp_resnet18",
+        "bireal_resnet18",
+        "bireal_resnet34",
+    }
+    names = set(_our_models())
+    assert expected <= names
+    assert {f"{n}_cifar" for n in expected - {"resnet18_cifar"}} <= names
 
 
 @pytest.mark.parametrize("name", _our_models())

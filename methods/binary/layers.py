@@ -1,0 +1,76 @@
+"""`BinaryConv2d`: `nn.Conv2d` plus an input quantizer, a weight quantizer and an optional output scale.
+
+With no quantizers and no scale it is exactly `nn.Conv2d`. Padding is explicit: a binary conv's input is padded with
+`pad_value` *after* quantisation, so the border is 0 (a third value: the layer is then not strictly binary at the
+border, as in most PyTorch releases) or +1 (strictly binary, larq's `pad_values=1.0`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.binary.quantizers import QuantizerLike, get_quantizer
+
+__all__ = ["BinaryConv2d"]
+
+
+class BinaryConv2d(nn.Conv2d):
+    """A conv whose input and weight go through quantizers, optionally followed by a learned scale.
+
+    Args:
+        input_quantizer: applied to the input (e.g. "ste_sign", "approx_sign"); None keeps it real.
+        weight_quantizer: applied to the latent weight (e.g. "ste_sign", "xnor_weight"); None keeps it real.
+        scale: a module applied to the conv output (e.g. XNOR-Net++'s LearnedScale); None for none.
+        pad_value: value the quantised input is padded with (0.0 or 1.0).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = False,
+        *,
+        input_quantizer: QuantizerLike = None,
+        weight_quantizer: QuantizerLike = None,
+        scale: nn.Module | None = None,
+        pad_value: float = 0.0,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        if pad_value not in (0.0, 1.0):
+            raise ValueError(f"pad_value must be 0.0 or 1.0, got {pad_value}")
+        self.input_quantizer = get_quantizer(input_quantizer)
+        self.weight_quantizer = get_quantizer(weight_quantizer)
+        self.scale = scale
+        self.pad_value = pad_value
+
+    @property
+    def binary_input(self) -> bool:
+        return self.input_quantizer is not None
+
+    @property
+    def binary_weight(self) -> bool:
+        return self.weight_quantizer is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quantizer is None and self.weight_quantizer is None and self.scale is None:
+            return super().forward(x)
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        w = self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
+        ph, pw = self.padding if isinstance(self.padding, tuple) else (self.padding, self.padding)
+        if self.pad_value != 0.0 and (ph or pw):
+            x = F.pad(x, (pw, pw, ph, ph), value=self.pad_value)
+            y = F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
+        else:
+            y = F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return y if self.scale is None else self.scale(y)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", pad_value={self.pad_value}"

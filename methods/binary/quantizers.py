@@ -1,0 +1,237 @@
+"""Binary quantizers: each a small `nn.Module` around a custom-gradient function, addressable by a string alias.
+
+Convention: sign(0) = +1 (`torch.sign(0) = 0` would make a network ternary). Every quantizer states its forward
+formula, its gradient estimator and its paper. Weight quantizers take a conv weight of shape (C_out, C_in, kh, kw).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import nn
+
+__all__ = [
+    "QuantizerLike",
+    "binary_sign",
+    "SteSign",
+    "ApproxSign",
+    "XnorWeight",
+    "MagnitudeAwareSign",
+    "register_quantizer",
+    "get_quantizer",
+    "list_quantizers",
+]
+
+QuantizerLike = str | nn.Module | None
+
+_QUANTIZERS: dict[str, type[nn.Module]] = {}
+
+
+def register_quantizer(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator registering a quantizer under `name` (an error on duplicates)."""
+
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _QUANTIZERS:
+            raise ValueError(f"quantizer alias '{name}' registered twice")
+        _QUANTIZERS[name] = cls
+        cls.name = name  # type: ignore[attr-defined]
+        return cls
+
+    return wrap
+
+
+def list_quantizers() -> list[str]:
+    """Registered quantizer aliases."""
+    return sorted(_QUANTIZERS)
+
+
+def get_quantizer(q: QuantizerLike) -> nn.Module | None:
+    """Resolve None, an alias or a module to a quantizer module (None stays None).
+
+    Raises:
+        ValueError: unknown alias or unsupported type.
+    """
+    if q is None or isinstance(q, nn.Module):
+        return q
+    if isinstance(q, str):
+        if q not in _QUANTIZERS:
+            raise ValueError(f"unknown quantizer '{q}'; expected one of {', '.join(list_quantizers())}")
+        return _QUANTIZERS[q]()
+    raise ValueError(f"quantizer must be None, a string alias or an nn.Module, got {type(q).__name__}")
+
+
+def binary_sign(x: torch.Tensor) -> torch.Tensor:
+    """sign with sign(0) = +1, in x's dtype (no gradient)."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+class _SignSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, clip: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.clip = clip
+        return binary_sign(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return g * (x.abs() <= ctx.clip).to(g.dtype), None
+
+
+class _ApproxSignFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return binary_sign(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return g * (2.0 - 2.0 * x.abs()).clamp_min(0.0)
+
+
+@register_quantizer("ste_sign")
+class SteSign(nn.Module):
+    """Sign with the hard-tanh straight-through estimator (BinaryNet).
+
+    Forward: q = sign(x), sign(0) = +1. Backward: dq/dx = 1 if |x| <= clip_value else 0.
+
+    Reference: Courbariaux, Hubara et al., "Binarized Neural Networks", NeurIPS 2016, arXiv 1602.02830.
+    """
+
+    bit_width = 1
+
+    def __init__(self, clip_value: float = 1.0) -> None:
+        super().__init__()
+        self.clip_value = clip_value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SignSTE.apply(x, self.clip_value)
+
+    def extra_repr(self) -> str:
+        return f"clip_value={self.clip_value}"
+
+
+@register_quantizer("approx_sign")
+class ApproxSign(nn.Module):
+    """Sign with Bi-Real Net's piecewise-polynomial gradient.
+
+    Forward: q = sign(x), sign(0) = +1. Backward: dq/dx = 2 - 2|x| for |x| < 1, else 0 (the derivative of
+    F(x) = 2x + x^2 on [-1, 0), 2x - x^2 on [0, 1), -1/+1 outside).
+
+    Reference: Liu et al., "Bi-Real Net", ECCV 2018, arXiv 1808.00278.
+    """
+
+    bit_width = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ApproxSignFn.apply(x)
+
+
+GradMode = Literal["ste", "exact", "xnor_rescale"]
+
+
+class _XnorWeightFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, mode: str) -> torch.Tensor:  # type: ignore[override]
+        alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+        s = binary_sign(w)
+        ctx.save_for_backward(w, s, alpha)
+        ctx.mode = mode
+        return alpha * s
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        w, s, alpha = ctx.saved_tensors
+        if ctx.mode == "ste":
+            return g * (w.abs() <= 1.0).to(g.dtype), None
+        # d(alpha * sign(W))/dW with an identity STE on sign: alpha*g + sign(W) * mean_filter(sign(W) * g)
+        grad = alpha * g + s * (s * g).mean(dim=(1, 2, 3), keepdim=True)
+        if ctx.mode == "xnor_rescale":
+            c_in = w.shape[1]
+            n = w[0].numel()
+            grad = grad * (n * (1.0 - 1.0 / c_in))
+        return grad, None
+
+
+@register_quantizer("xnor_weight")
+class XnorWeight(nn.Module):
+    """XNOR-Net weight binarisation: W_b = alpha * sign(W), alpha = mean |W| over each output filter (C_in*k*k).
+
+    Before binarising, the latent weights may be mean-centred over the input-channel dimension and clamped to
+    [-1, 1] **in place** (permanently), as XNOR-Net-PyTorch and the BNAS release do before every forward pass
+    (bnas.md §1.2).
+
+    Gradient (`grad`):
+      - "ste": dL/dW = dL/dW_b * 1[|W| <= 1] (scale treated as a constant).
+      - "exact": the derivative of alpha*sign(W) with an identity STE on sign:
+        alpha * g + sign(W) * mean_filter(sign(W) * g).
+      - "xnor_rescale": "exact" times n*(1 - 1/C_in), n = C_in*k*k: XNOR-Net-PyTorch's `updateBinaryGradWeight`,
+        used by BNAS (bnas.md §1.2). It is a large per-layer gradient multiplier (1296 for a 144-channel 3x3 conv).
+
+    Reference: Rastegari et al., "XNOR-Net", ECCV 2016, arXiv 1603.05279.
+    """
+
+    bit_width = 1
+
+    def __init__(self, center: bool = True, clamp: bool = True, grad: GradMode = "exact") -> None:
+        super().__init__()
+        if grad not in ("ste", "exact", "xnor_rescale"):
+            raise ValueError(f"grad must be 'ste', 'exact' or 'xnor_rescale', got {grad!r}")
+        self.center, self.clamp, self.grad = center, clamp, grad
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.center or self.clamp:
+            with torch.no_grad():
+                if self.center:
+                    w.sub_(w.mean(dim=1, keepdim=True))
+                if self.clamp:
+                    w.clamp_(-1.0, 1.0)
+        return _XnorWeightFn.apply(w, self.grad)
+
+    def extra_repr(self) -> str:
+        return f"center={self.center}, clamp={self.clamp}, grad={self.grad}"
+
+
+class _MagnitudeAwareFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, paper: bool) -> torch.Tensor:  # type: ignore[override]
+        alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+        ctx.save_for_backward(w, alpha)
+        ctx.paper = paper
+        return alpha * binary_sign(w)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        w, alpha = ctx.saved_tensors
+        mask = (w.abs() < 1.0).to(g.dtype)
+        return (g * alpha * mask if ctx.paper else g * mask), None
+
+
+@register_quantizer("magnitude_aware_sign")
+class MagnitudeAwareSign(nn.Module):
+    """Bi-Real Net's magnitude-aware weights: W_b = (||W||_1 / n) * sign(W) per output filter (n = C_in*k*k).
+
+    Backward (`variant`):
+      - "release" (default, the Bi-Real PyTorch release): the scale is detached and the gradient passes through
+        clip(W, -1, 1): dL/dW = dL/dW_b * 1[|W| < 1].
+      - "paper": the gradient is also scaled by the magnitude: dL/dW = dL/dW_b * (||W||_1 / n) * 1[|W| < 1].
+
+    Reference: Liu et al., "Bi-Real Net", ECCV 2018, arXiv 1808.00278.
+    """
+
+    bit_width = 1
+
+    def __init__(self, variant: Literal["release", "paper"] = "release") -> None:
+        super().__init__()
+        if variant not in ("release", "paper"):
+            raise ValueError(f"variant must be 'release' or 'paper', got {variant!r}")
+        self.variant = variant
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return _MagnitudeAwareFn.apply(w, self.variant == "paper")
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant}"
