@@ -145,6 +145,35 @@ def evaluate(run_dir: Path, data: Path, out: Path | None) -> None:
 
 
 @cli.command()
+@click.argument("model")
+@click.option(
+    "--dataset",
+    type=click.Choice(["cifar10", "imagenet"]),
+    default="cifar10",
+    show_default=True,
+    help="Input size and classes: CIFAR-10 (3x32x32, 10) or ImageNet (3x224x224, 1000).",
+)
+@click.option(
+    "--policy",
+    default="bireal",
+    show_default=True,
+    help="Counting policy: bireal (the papers' OPs = FLOPs + BOPs/64), bireal_scales, all_conv_binary.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option("--per-layer/--totals", default=True, show_default=True, help="Include the per-layer rows.")
+def profile(model: str, dataset: str, policy: str, as_json: bool, per_layer: bool) -> None:
+    """Count params, memory, BOPs, FLOPs and OPs of MODEL from a real forward pass, and audit its binarisation."""
+    from harness.costs import POLICIES, format_profile, profile_model
+    from harness.models import create_model
+
+    if policy not in POLICIES:
+        raise BnasError(f"unknown cost policy '{policy}': expected one of {', '.join(POLICIES)}")
+    classes, size = (10, 32) if dataset == "cifar10" else (1000, 224)
+    p = profile_model(create_model(model, classes), (3, size, size), policy, name=model)
+    click.echo(json.dumps(p.to_json(per_layer), indent=2) if as_json else format_profile(p, per_layer))
+
+
+@cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
 @click.option("--port", default=5000, show_default=True, help="Port.")
 def ui(host: str, port: int) -> None:

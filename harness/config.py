@@ -81,6 +81,8 @@ class TrainConfig:
     eval_interval: int = 1  # evaluate every N epochs (and always after the last)
     log_interval: int = 50  # progress-bar refresh and non-finite-loss check interval on CUDA (every step on CPU)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    binary_stats: bool = True  # log binary weights' flip ratio and latent saturation per epoch (binary models only)
+    cost_policy: str = "bireal"  # counting policy of the cost figures logged with the run (see `bnas profile`)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from harness.errors import NonFiniteLossError
 __all__ = [
     "Hook",
     "DropPathSchedule",
+    "WeightConstraints",
+    "BinaryStats",
     "IterScheduler",
     "build_optimizer",
     "build_scheduler",
@@ -62,6 +64,10 @@ class Hook:
     def after_eval(self, model: nn.Module) -> None:
         """Called after an evaluation pass."""
 
+    def epoch_metrics(self) -> dict[str, float]:
+        """Metrics this hook adds to the epoch's history row (called after the epoch's training pass)."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """State to keep in checkpoints."""
         return {}
@@ -89,6 +95,44 @@ class DropPathSchedule(Hook):
         for m in model.modules():
             if isinstance(m, DropPath):
                 m.drop_prob = p
+
+
+class WeightConstraints(Hook):
+    """Applies every module's `constrain()` after each optimizer step (e.g. BinaryNet's latent-weight clipping)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = [m for m in model.modules() if callable(getattr(m, "constrain", None))]
+
+    def after_step(self, model: nn.Module) -> None:
+        for m in self.modules:
+            m.constrain()
+
+
+class BinaryStats(Hook):
+    """Logs the binary weights' flip ratio (fraction of signs changed per step) and latent saturation (|W| >= 1).
+
+    The flip ratio is sampled every `every` steps to keep the cost negligible.
+    """
+
+    def __init__(self, model: nn.Module, every: int = 10) -> None:
+        from methods.binary import BinaryWeightStats
+
+        self.stats = BinaryWeightStats(model)
+        self.every, self.step = every, 0
+        self._armed = False
+
+    def after_backward(self, model: nn.Module) -> None:
+        self._armed = self.step % self.every == 0
+        if self._armed:
+            self.stats.snapshot()
+
+    def after_step(self, model: nn.Module) -> None:
+        if self._armed:
+            self.stats.update()
+        self.step += 1
+
+    def epoch_metrics(self) -> dict[str, float]:
+        return self.stats.summary()
 
 
 class IterScheduler:

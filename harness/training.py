@@ -25,8 +25,10 @@ from harness.config import Config, config_to_dict, flatten, save_config
 from harness.data import CifarLoader, imagenet_loaders, load_cifar10, stratified_subset
 from harness.distributed import Runtime, all_gather_objects, setup_runtime, teardown_runtime
 from harness.engine import (
+    BinaryStats,
     DropPathSchedule,
     Hook,
+    WeightConstraints,
     build_loss,
     build_optimizer,
     build_scheduler,
@@ -34,7 +36,7 @@ from harness.engine import (
     unwrap,
     validate,
 )
-from harness.errors import CheckpointError, DataError
+from harness.errors import CheckpointError, ConfigError, DataError
 from harness.io import atomic_path, atomic_write_json, atomic_write_text
 from harness.models import count_params, create_model
 
@@ -156,6 +158,7 @@ def fit(
     experiment: str = "bnas",
     tags: dict[str, Any] | None = None,
     progress: bool = False,
+    extra_metrics: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Train `model` for `cfg.train.epochs`, checkpointing every epoch; resume from `out/checkpoint.pt` if asked.
 
@@ -175,7 +178,16 @@ def fit(
     model = model.to(rt.device)
     if rt.device.type == "cuda" and tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    hooks = [*hooks, DropPathSchedule(tc.drop_path)] if tc.drop_path > 0 else list(hooks)
+    hooks = list(hooks)
+    if tc.drop_path > 0:
+        hooks.append(DropPathSchedule(tc.drop_path))
+    constraints = WeightConstraints(model)
+    if constraints.modules:
+        hooks.append(constraints)
+    if tc.binary_stats:
+        stats = BinaryStats(model)
+        if stats.stats:
+            hooks.append(stats)
     optimizer = build_optimizer(tc, model)
     scheduler = build_scheduler(tc, optimizer, len(train_loader))
     loss_fn = build_loss(tc)
@@ -252,6 +264,8 @@ def fit(
 
                 distribute_bn(unwrap(model), rt.world_size, reduce=True)
             row: dict[str, Any] = {"epoch": epoch + 1, **tm}
+            for h in hooks:
+                row.update(h.epoch_metrics())
             if (epoch + 1) % tc.eval_interval == 0 or epoch + 1 == tc.epochs:
                 row.update(validate(unwrap(model), val_loader, tc, rt, hooks))
             history.append(row)
@@ -293,6 +307,7 @@ def fit(
                 "params": count_params(unwrap(model)),
                 "world_size": rt.world_size,
                 f"{PERF_PREFIX}peak_mem_mb": peak_memory_mb(rt.device),
+                **(extra_metrics or {}),
             },
         )
         if rt.is_main:
@@ -309,6 +324,25 @@ def fit(
         raise
     finally:
         tracker.end(status)
+
+
+def model_costs(model: nn.Module, meta: dict[str, Any], cfg: Config) -> dict[str, float]:
+    """The model's cost figures (`cost/*`) at the dataset's input size under `train.cost_policy`."""
+    from harness.costs import profile_model
+
+    size = 32 if meta.get("dataset") == "cifar10" else cfg.data.image_size
+    try:
+        p = profile_model(model, (3, size, size), cfg.train.cost_policy)
+    except ValueError as e:
+        raise ConfigError(f"train.cost_policy: {e}") from None
+    return {
+        "cost/ops": p.ops,
+        "cost/flops": float(p.flops),
+        "cost/bops": float(p.bops),
+        "cost/params_binary": float(p.params_binary),
+        "cost/params_real": float(p.params_real),
+        "cost/memory_mbit": p.memory_bits / 1e6,
+    }
 
 
 def run_train(
@@ -332,6 +366,7 @@ def run_train(
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         model = create_model(tc.model, tc.num_classes)
         torch.manual_seed(tc.seed + 1_000_003 * rt.rank)  # rank-specific dropout / drop-path streams
+        costs = model_costs(model, meta, cfg)
         dataset = meta.get("dataset", "unknown")
         method = method or tc.model
         tracker = None
@@ -355,6 +390,7 @@ def run_train(
             "bnas.torch": torch.__version__,
             "bnas.device": str(rt.device),
             "bnas.world_size": rt.world_size,
+            "bnas.cost_policy": tc.cost_policy,
         }
         t0 = time.perf_counter()
         metrics = fit(
@@ -370,6 +406,7 @@ def run_train(
             run_name=f"{method}-s{tc.seed}-{stage}",
             experiment=f"{cfg.tracking.experiment_prefix}-{dataset}",
             tags=tags,
+            extra_metrics=costs,
             progress=progress,
         )
         log.info("finished in %.1f s: val/top1 %.2f", time.perf_counter() - t0, metrics.get("val/top1", float("nan")))

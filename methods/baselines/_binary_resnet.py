@@ -4,7 +4,7 @@ Two block types, on timm's model surface (`forward_features`, `forward_head`, `g
 
 - `BinaryBasicBlock` (ResNet-18/34 basic block, two binary 3x3 convs):
   x -> [q_in -> BinConv -> BN -> act] -> [q_in -> BinConv -> BN] + shortcut(x) -> act,
-  with `act` = Hardtanh (a ReLU before sign() would make every activation +1).
+  with `act` = Hardtanh (a ReLU before sign() would make every activation +1; the stem uses Hardtanh too).
 - `BiRealBlock` (Bi-Real Net: a real identity shortcut around *every* binary conv):
   x -> BN(BinConv(q_in(x))) + shortcut(x).
 
@@ -34,6 +34,7 @@ def binary_conv_factory(
     weight_quantizer: str | Callable[[], nn.Module] | None,
     scale_shape: str | None = None,
     pad_value: float = 0.0,
+    weight_clip: float | None = None,
 ) -> ConvFactory:
     """A factory of 3x3 BinaryConv2d with the given quantizers (and XNOR-Net++ scale shape, if any)."""
 
@@ -136,7 +137,9 @@ class BinaryResNet(nn.Module):
             self.maxpool = nn.MaxPool2d(3, 2, 1)
             size = img_size // 4
         self.bn1 = nn.BatchNorm2d(w0)
-        self.act1 = nn.ReLU(inplace=True) if not issubclass(block, BiRealBlock) else nn.Identity()
+        # never a ReLU in front of sign(): sign(ReLU(x)) = +1 everywhere. Basic blocks use Hardtanh (their block
+        # activation); Bi-Real's release has no activation after the stem BN.
+        self.act1 = nn.Identity() if issubclass(block, BiRealBlock) else nn.Hardtanh(inplace=True)
         stages, cin = [], w0
         self.feature_info = []
         for i, (n, w) in enumerate(zip(layers, widths, strict=True)):

@@ -24,6 +24,8 @@ class BinaryConv2d(nn.Conv2d):
         weight_quantizer: applied to the latent weight (e.g. "ste_sign", "xnor_weight"); None keeps it real.
         scale: a module applied to the conv output (e.g. XNOR-Net++'s LearnedScale); None for none.
         pad_value: value the quantised input is padded with (0.0 or 1.0).
+        weight_clip: if set, :meth:`constrain` clips the latent weights to [-weight_clip, weight_clip] (BinaryNet's
+            latent-weight clipping; the training engine calls it after every optimizer step).
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class BinaryConv2d(nn.Conv2d):
         weight_quantizer: QuantizerLike = None,
         scale: nn.Module | None = None,
         pad_value: float = 0.0,
+        weight_clip: float | None = None,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         if pad_value not in (0.0, 1.0):
@@ -49,6 +52,13 @@ class BinaryConv2d(nn.Conv2d):
         self.weight_quantizer = get_quantizer(weight_quantizer)
         self.scale = scale
         self.pad_value = pad_value
+        self.weight_clip = weight_clip
+
+    @torch.no_grad()
+    def constrain(self) -> None:
+        """Apply the latent-weight constraint (if any) after an optimizer step."""
+        if self.weight_clip is not None:
+            self.weight.clamp_(-self.weight_clip, self.weight_clip)
 
     @property
     def binary_input(self) -> bool:
@@ -73,4 +83,5 @@ class BinaryConv2d(nn.Conv2d):
         return y if self.scale is None else self.scale(y)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", pad_value={self.pad_value}"
+        clip = f", weight_clip={self.weight_clip}" if self.weight_clip is not None else ""
+        return super().extra_repr() + f", pad_value={self.pad_value}{clip}"

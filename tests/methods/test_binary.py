@@ -1,0 +1,167 @@
+"""Quantizers, BinaryConv2d and learned scales: forward values, gradient estimators, equivalences."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.binary import (
+    ApproxSign,
+    BinaryConv2d,
+    BinaryWeightStats,
+    LearnedScale,
+    MagnitudeAwareSign,
+    SteSign,
+    XnorWeight,
+    get_quantizer,
+    list_quantizers,
+)
+
+
+def test_every_alias_resolves_and_unknown_raises():
+    assert set(list_quantizers()) >= {"ste_sign", "approx_sign", "xnor_weight", "magnitude_aware_sign"}
+    for name in list_quantizers():
+        q = get_quantizer(name)
+        assert isinstance(q, nn.Module) and q.name == name and q.bit_width == 1
+    assert get_quantizer(None) is None
+    with pytest.raises(ValueError, match="unknown quantizer 'sgn'"):
+        get_quantizer("sgn")
+    with pytest.raises(ValueError):
+        get_quantizer(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("q", [SteSign(), ApproxSign()])
+def test_sign_of_zero_is_plus_one_and_outputs_are_pm1(q):
+    x = torch.tensor([-2.0, -0.5, 0.0, 0.5, 2.0, -0.0])
+    assert q(x).tolist() == [-1.0, -1.0, 1.0, 1.0, 1.0, 1.0]
+    assert torch.sign(torch.tensor(0.0)) == 0  # why we do not use torch.sign
+
+
+def test_ste_gradient_is_masked_outside_the_clip_range():
+    x = torch.tensor([-1.5, -1.0, -0.3, 0.0, 0.7, 1.0, 1.2], requires_grad=True)
+    SteSign()(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_approx_sign_gradient_is_the_bireal_polynomial():
+    x = torch.tensor([-1.5, -0.5, 0.0, 0.25, 0.999, 1.0], requires_grad=True)
+    ApproxSign()(x).sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([0.0, 1.0, 2.0, 1.5, 0.002, 0.0]), atol=1e-6, rtol=0)
+
+
+def _w() -> torch.Tensor:
+    return torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.5
+
+
+def test_xnor_weight_forward_and_exact_gradient_match_autograd():
+    w = _w().requires_grad_()
+    q = XnorWeight(center=False, clamp=False, grad="exact")
+    out = q(w)
+    alpha = w.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(out, alpha * torch.where(w >= 0, 1.0, -1.0).double())
+    assert out[0].unique().numel() == 2  # +-alpha per filter
+    g = torch.randn_like(w)
+    (out * g).sum().backward()
+    # reference: autograd through alpha * s with an identity STE on sign
+    w2 = w.detach().clone().requires_grad_()
+    s = torch.where(w2 >= 0, 1.0, -1.0).double()
+    ste = s + (w2 - w2.detach())  # value s, gradient identity
+    ((w2.abs().mean(dim=(1, 2, 3), keepdim=True) * ste) * g).sum().backward()
+    torch.testing.assert_close(w.grad, w2.grad)
+
+
+def test_xnor_rescale_multiplies_by_n_times_one_minus_one_over_cin():
+    w = _w()
+    g = torch.randn_like(w)
+    grads = {}
+    for mode in ("exact", "xnor_rescale"):
+        p = w.clone().requires_grad_()
+        (XnorWeight(center=False, clamp=False, grad=mode)(p) * g).sum().backward()
+        grads[mode] = p.grad
+    n, c_in = 3 * 3 * 3, 3
+    torch.testing.assert_close(grads["xnor_rescale"], grads["exact"] * n * (1 - 1 / c_in))
+
+
+def test_xnor_ste_mode_and_in_place_centring_and_clamping():
+    w = (_w() * 4).requires_grad_()
+    q = XnorWeight(center=True, clamp=True, grad="ste")
+    q(w)
+    assert w.detach().abs().max() <= 1.0  # the latent weights were clamped in place
+    w2 = _w() * 4
+    centred = (w2 - w2.mean(dim=1, keepdim=True)).clamp(-1, 1)
+    torch.testing.assert_close(w.detach(), centred)
+    w.grad = None
+    out = q(w)
+    out.sum().backward()
+    assert torch.equal(w.grad, (w.detach().abs() <= 1).double())
+
+
+@pytest.mark.parametrize("variant", ["release", "paper"])
+def test_magnitude_aware_sign(variant):
+    w = (_w() * 3).requires_grad_()
+    out = MagnitudeAwareSign(variant)(w)
+    alpha = w.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(out, alpha * torch.where(w >= 0, 1.0, -1.0).double())
+    out.sum().backward()
+    mask = (w.detach().abs() < 1).double()
+    torch.testing.assert_close(w.grad, mask * (alpha if variant == "paper" else 1.0))
+
+
+def test_binary_conv_without_quantizers_equals_conv2d():
+    torch.manual_seed(0)
+    ref = nn.Conv2d(3, 8, 3, stride=2, padding=1, dilation=1, bias=True)
+    b = BinaryConv2d(3, 8, 3, stride=2, padding=1, bias=True)
+    b.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    assert torch.equal(b(x), ref(x))
+    assert isinstance(b, nn.Conv2d)
+
+
+def test_binary_conv_equals_conv2d_on_signs_and_padding_conventions():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 6, 6)
+    for pad_value in (0.0, 1.0):
+        b = BinaryConv2d(
+            4, 5, 3, padding=1, input_quantizer="ste_sign", weight_quantizer="ste_sign", pad_value=pad_value
+        )
+        xs, ws = torch.where(x >= 0, 1.0, -1.0), torch.where(b.weight >= 0, 1.0, -1.0)
+        ref = F.conv2d(F.pad(xs, (1, 1, 1, 1), value=pad_value), ws)
+        assert torch.equal(b(x), ref)
+    # 0-padding makes the border a third value (products of 0); +1-padding keeps every product at +-1
+    b = BinaryConv2d(4, 5, 3, padding=1, input_quantizer="ste_sign", weight_quantizer="ste_sign", pad_value=0.0)
+    b1 = BinaryConv2d(4, 5, 3, padding=1, input_quantizer="ste_sign", weight_quantizer="ste_sign", pad_value=1.0)
+    b1.load_state_dict(b.state_dict())
+    y0, y1 = b(x), b1(x)
+    assert torch.equal(y0[..., 1:-1, 1:-1], y1[..., 1:-1, 1:-1]) and not torch.equal(y0, y1)
+    with pytest.raises(ValueError):
+        BinaryConv2d(4, 5, 3, pad_value=-1.0)
+
+
+def test_learned_scale_shapes():
+    y = torch.randn(2, 6, 5, 4)
+    assert LearnedScale(6, "channel").alpha.shape == (1, 6, 1, 1)
+    f = LearnedScale(6, "factorised", (5, 4))
+    assert sum(p.numel() for p in f.parameters()) == 6 + 5 + 4
+    torch.testing.assert_close(f(y), y)  # initialised to ones
+    full = LearnedScale(6, "full", (5, 4))
+    assert full.alpha.shape == (1, 6, 5, 4)
+    with pytest.raises(ValueError, match="built for"):
+        f(torch.randn(1, 6, 3, 3))
+    with pytest.raises(ValueError):
+        LearnedScale(6, "factorised")
+
+
+def test_flip_ratio_and_saturation():
+    m = nn.Sequential(BinaryConv2d(2, 2, 1, input_quantizer="ste_sign", weight_quantizer="ste_sign"))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([0.5, -0.5, 1.5, -0.2]).view(2, 2, 1, 1))
+    stats = BinaryWeightStats(m)
+    stats.snapshot()
+    with torch.no_grad():
+        m[0].weight.mul_(torch.tensor([-1.0, 1.0, 1.0, 1.0]).view(2, 2, 1, 1))  # one of four signs flips
+    stats.update()
+    s = stats.summary(per_layer=True)
+    assert s["binary/flip_ratio"] == pytest.approx(0.25) and s["binary/saturation"] == pytest.approx(0.25)
+    assert s["binary/flip_ratio/0"] == pytest.approx(0.25)
