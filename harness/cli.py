@@ -109,17 +109,35 @@ def prepare(dataset: str, source: Path | None, out: Path, params: Path | None, d
 )
 @click.option("--seed", type=int, default=None, help="Override train.seed.")
 @click.option("--method", default=None, help="Method name for tags and run names (default: the model name).")
+@click.option("--recipe", default="", help="Apply params group recipes.<NAME> over train (before any -S).")
+@click.option(
+    "--init-from",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Initialise the model from this model.pt (e.g. stage 1 of a two-stage recipe).",
+)
 @click.option("--resume", is_flag=True, help="Continue from <out>/checkpoint.pt if it exists (and fits the config).")
 @click.option(
     "-S", "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a param, e.g. -S train.epochs=2."
 )
 def train(
-    params: Path, data: Path, out: Path, seed: int | None, method: str | None, resume: bool, sets: tuple[str, ...]
+    params: Path,
+    data: Path,
+    out: Path,
+    seed: int | None,
+    method: str | None,
+    recipe: str,
+    init_from: Path | None,
+    resume: bool,
+    sets: tuple[str, ...],
 ) -> None:
     """Train one model (torchrun-aware: launch with `torchrun --nproc_per_node N .venv/bin/bnas train ...`)."""
     from harness.config import load_config
 
-    cfg = load_config(params, _overrides(seed, sets))  # fail fast on a bad config, before importing torch
+    overrides = _overrides(seed, sets)
+    if init_from is not None:
+        overrides["train.init_from"] = str(init_from)
+    cfg = load_config(params, overrides, recipe=recipe)  # fail fast on a bad config, before importing torch
     from harness.training import run_train
 
     metrics = run_train(cfg, data, out, resume=resume, method=method)

@@ -63,7 +63,7 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum (one-cycle cycles it between 0.85 and 0.95)
     weight_decay: float = 3e-6  # BNAS CIFAR: 3e-6; ImageNet: 3e-5
     filter_bias_and_bn: bool = False  # exempt biases and norm weights from weight decay (BNAS: no, decay everything)
-    sched: Literal["onecycle", "cosine", "cosine_restarts", "constant"] = "onecycle"  # stepped every iteration
+    sched: Literal["onecycle", "cosine", "cosine_restarts", "linear", "constant"] = "onecycle"  # per iteration
     min_lr: float = 0.0  # cosine floor (restarts: eta_min = 0 in the BNAS ImageNet recipe)
     warmup_epochs: float = 0.0  # linear warm-up for the cosine schedules
     restart_epochs: int = 50  # cosine_restarts cycle length T_0 (BNAS ImageNet: 50 -> 5 cycles in 250 epochs)
@@ -81,6 +81,9 @@ class TrainConfig:
     eval_interval: int = 1  # evaluate every N epochs (and always after the last)
     log_interval: int = 50  # progress-bar refresh and non-finite-loss check interval on CUDA (every step on CPU)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra model arguments, e.g. {scale_shape: factorised}
+    init_from: str = ""  # initialise the model from this model.pt (weights only), e.g. stage 1 of a two-stage recipe
+    recipe: str = ""  # name of the recipe (params group `recipes`) applied to this run; set by --recipe
     binary_stats: bool = True  # log binary weights' flip ratio and latent saturation per epoch (binary models only)
     cost_policy: str = "bireal"  # counting policy of the cost figures logged with the run (see `bnas profile`)
 
@@ -95,14 +98,30 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """The whole resolved configuration of one run (one field per params.yaml group)."""
+    """The whole resolved configuration of one run (one field per params.yaml group).
+
+    `recipes` maps a recipe name to overrides of the `train` group (a method's paper recipe, or the shared recipe that
+    gives every method the same budget); `--recipe NAME` applies one (see :func:`apply_recipe`).
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _is_plain(value: Any) -> bool:
+    """Plain YAML data: scalars, and lists or string-keyed mappings of plain data."""
+    if isinstance(value, list):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def _type_name(tp: Any) -> str:
+    if tp is Any:
+        return "plain YAML data"
     if typing.get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", str(tp))
@@ -135,6 +154,18 @@ def _check_value(value: Any, tp: Any, key: str, source: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+    elif tp is Any:
+        if _is_plain(value):
+            return value
+    elif origin is dict:
+        if isinstance(value, Mapping):
+            vt = typing.get_args(tp)[1]
+            out = {}
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise ConfigError(f"{source}: {key}: keys must be strings, got {k!r}")
+                out[k] = _check_value(v, vt, f"{key}.{k}", source)
+            return out
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, Mapping):
             return _build(tp, value, key, source)
@@ -165,7 +196,13 @@ def config_from_dict(values: Mapping[str, Any] | None, source: str = "<dict>") -
         values = {}
     if not isinstance(values, Mapping):
         raise ConfigError(f"{source}: expected a mapping of groups at the top level, got {type(values).__name__}")
-    return _build(Config, values, "", source)
+    cfg = _build(Config, values, "", source)
+    base = dataclasses.asdict(cfg.train)
+    for name, overrides in cfg.recipes.items():  # every recipe must make a valid train group
+        if "recipe" in overrides:
+            raise ConfigError(f"{source}: recipes.{name}: 'recipe' is set by --recipe, not inside a recipe")
+        _build(TrainConfig, {**base, **overrides}, f"recipes.{name}", source)
+    return cfg
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -208,11 +245,21 @@ def _set_nested(d: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Load a params YAML file strictly and apply dotted-key overrides (`{"train.seed": 1}`).
+def load_config(
+    path: str | Path | None, overrides: Mapping[str, Any] | None = None, recipe: str | None = None
+) -> Config:
+    """Load a params YAML file strictly, apply a recipe, then dotted-key overrides (`{"train.seed": 1}`).
+
+    Args:
+        path: the params file (None: defaults only).
+        overrides: dotted keys applied last, so they win over the recipe.
+        recipe: None loads the file as is (with its `recipes` group); a name applies `recipes.<name>` over `train`
+            and records it as `train.recipe`; "" applies none. In both of the latter cases the result is a run's
+            resolved config, without the `recipes` group.
 
     Raises:
-        ConfigError: the file is missing or not YAML, or a key/type is wrong (the message names key and file).
+        ConfigError: the file is missing or not YAML, a key/type is wrong (the message names key and file), or the
+            recipe is unknown.
     """
     raw: dict[str, Any] = {}
     source = "<defaults>"
@@ -228,9 +275,19 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{source}: expected a mapping of groups at the top level, got {type(loaded).__name__}")
         raw = loaded or {}
+    config_from_dict(raw, source)  # validate the file itself, recipes included, before combining anything
+    if recipe:
+        recipes = raw.get("recipes") or {}
+        if recipe not in recipes:
+            known = ", ".join(sorted(recipes)) or "none defined"
+            raise ConfigError(f"{source}: unknown recipe '{recipe}' (params group 'recipes': {known})")
+        raw["train"] = {**(raw.get("train") or {}), **recipes[recipe], "recipe": recipe}
+    if recipe is not None:
+        raw.pop("recipes", None)
     for key, value in (overrides or {}).items():
         _set_nested(raw, key, value)
-        source = f"{source} (with overrides)" if "overrides" not in source else source
+    if overrides:
+        source = f"{source} (with overrides)"
     return config_from_dict(raw, source)
 
 

@@ -184,6 +184,7 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_
       then down to lr/div/final_div; momentum 0.95 -> 0.85 -> 0.95. torch's three-phase linear OneCycleLR is exactly it.
     - `cosine`: timm cosine decay to `min_lr` with optional warm-up.
     - `cosine_restarts`: timm cosine with cycles of `restart_epochs` (BNAS ImageNet: T_0 = 50, eta_min = 0).
+    - `linear`: timm poly schedule with power 1, a linear decay to `min_lr` (Bi-Real from-scratch recipe).
     - `constant`: no schedule.
     """
     total = cfg.epochs * updates_per_epoch
@@ -206,7 +207,18 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_
         return IterScheduler(None, "constant")
     from timm.scheduler import create_scheduler_v2
 
-    if cfg.sched == "cosine":
+    if cfg.sched == "linear":  # linear decay to min_lr (Bi-Real/ReActNet from-scratch recipes): timm poly, power 1
+        sched, _ = create_scheduler_v2(
+            optimizer,
+            sched="poly",
+            num_epochs=cfg.epochs,
+            min_lr=cfg.min_lr,
+            decay_rate=1.0,
+            warmup_epochs=cfg.warmup_epochs,
+            step_on_epochs=False,
+            updates_per_epoch=updates_per_epoch,
+        )
+    elif cfg.sched == "cosine":
         sched, _ = create_scheduler_v2(
             optimizer,
             sched="cosine",

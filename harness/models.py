@@ -28,7 +28,10 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
         close = difflib.get_close_matches(name, names, n=5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise BnasError(f"unknown model '{name}' (train.model): expected a timm model name{hint}")
-    return timm.create_model(name, num_classes=num_classes, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(name, num_classes=num_classes, pretrained=False, **kwargs)
+    except TypeError as e:
+        raise BnasError(f"model '{name}' does not take train.model_kwargs {kwargs} ({e})") from None
 
 
 def count_params(model: nn.Module) -> int:

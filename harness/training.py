@@ -326,6 +326,25 @@ def fit(
         tracker.end(status)
 
 
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a `model.pt` (weights only) into `model`, e.g. stage 1 of a two-stage recipe into stage 2.
+
+    Raises:
+        CheckpointError: the file is missing, corrupt, or its tensors do not fit the model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: train.init_from not found; expected the model.pt of a finished run")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]  # a full checkpoint.pt
+        model.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot initialise the model from it ({first[:200]})") from None
+
+
 def model_costs(model: nn.Module, meta: dict[str, Any], cfg: Config) -> dict[str, float]:
     """The model's cost figures (`cost/*`) at the dataset's input size under `train.cost_policy`."""
     from harness.costs import profile_model
@@ -364,7 +383,9 @@ def run_train(
             torch.set_num_threads(tc.threads)
         train_loader, val_loader, meta = build_loaders(cfg, data, rt)
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
-        model = create_model(tc.model, tc.num_classes)
+        model = create_model(tc.model, tc.num_classes, **tc.model_kwargs)
+        if tc.init_from:
+            load_weights(model, tc.init_from)
         torch.manual_seed(tc.seed + 1_000_003 * rt.rank)  # rank-specific dropout / drop-path streams
         costs = model_costs(model, meta, cfg)
         dataset = meta.get("dataset", "unknown")
@@ -424,14 +445,9 @@ def run_evaluate(run_dir: str | Path, data: str | Path, out: str | Path | None =
     rt = setup_runtime(cfg.train.device)
     try:
         _, val_loader, _ = build_loaders(cfg, data, rt)
-        model = create_model(cfg.train.model, cfg.train.num_classes).to(rt.device)
-        weights = run_dir / "model.pt"
-        if not weights.is_file():
-            raise CheckpointError(f"{weights}: not found; expected the final weights of a finished `bnas train` run")
-        try:
-            model.load_state_dict(torch.load(weights, map_location=rt.device, weights_only=True))
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{weights}: corrupt or does not fit {cfg.train.model} ({str(e)[:200]})") from None
+        model = create_model(cfg.train.model, cfg.train.num_classes, **cfg.train.model_kwargs)
+        load_weights(model, run_dir / "model.pt")
+        model = model.to(rt.device)
         metrics = validate(model, val_loader, cfg.train, rt)
         if out is not None and rt.is_main:
             atomic_write_json(out, metrics)

@@ -44,6 +44,8 @@ def test_bad_inputs_give_one_clear_line(cifar_cache, tmp_path):
     bad.write_text("train:\n  epochs: many\n")
     line = _bad(["train", "--params", str(bad), "--data", str(cifar_cache), "--out", str(tmp_path / "r")], tmp_path)
     assert "bad.yaml" in line and "train.epochs" in line
+    good = tmp_path / "good.yaml"
+    good.write_text("train: {model: resnet_18, epochs: 1}\ntracking: {enabled: false}\n")
     line = _bad(
         [
             "train",
@@ -52,7 +54,7 @@ def test_bad_inputs_give_one_clear_line(cifar_cache, tmp_path):
             "--out",
             str(tmp_path / "r"),
             "--params",
-            str(bad),
+            str(good),
             "-S",
             "train.epochs=1",
             "-S",
@@ -61,8 +63,6 @@ def test_bad_inputs_give_one_clear_line(cifar_cache, tmp_path):
         tmp_path,
     )
     assert "train.modle" in line
-    good = tmp_path / "good.yaml"
-    good.write_text("train: {model: resnet_18, epochs: 1}\ntracking: {enabled: false}\n")
     line = _bad(["train", "--params", str(good), "--data", str(cifar_cache), "--out", str(tmp_path / "r")], tmp_path)
     assert "unknown model 'resnet_18'" in line
     line = _bad(
@@ -154,3 +154,30 @@ def test_ui_serves_on_loopback(tmp_path):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+def test_two_stage_recipe_binary_activations_then_binary_weights(cifar_cache, tmp_path):
+    """XNOR-Net++'s two-stage recipe: stage 1 real weights (no BOPs), stage 2 initialised from stage 1."""
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "data: {train_subset: 128, test_subset: 100}\n"
+        "train: {model: xnornetpp_resnet18_cifar, epochs: 1, batch_size: 64, device: cpu}\n"
+        "tracking: {enabled: false}\n"
+        "recipes:\n"
+        "  s1: {opt: adam, lr: 0.001, model_kwargs: {weight_binary: false}}\n"
+        "  s2: {opt: adam, lr: 0.001, model_kwargs: {weight_binary: true}}\n"
+    )
+    runner = CliRunner()
+    s1, s2 = tmp_path / "s1", tmp_path / "s2"
+    base = ["train", "--params", str(params), "--data", str(cifar_cache)]
+    res = runner.invoke(cli, [*base, "--out", str(s1), "--recipe", "s1"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, [*base, "--out", str(s2), "--recipe", "s2", "--init-from", str(s1 / "model.pt")])
+    assert res.exit_code == 0, res.output
+    m1 = json.loads((s1 / "metrics.json").read_text())
+    m2 = json.loads((s2 / "metrics.json").read_text())
+    assert m1["cost/bops"] == 0 and m2["cost/bops"] > 0
+    cfg2 = (s2 / "config.yaml").read_text()
+    assert "recipe: s2" in cfg2 and "s1/model.pt" in cfg2
+    res = runner.invoke(cli, [*base, "--out", str(tmp_path / "x"), "--init-from", str(tmp_path / "none.pt")])
+    assert res.exit_code != 0 and "none.pt" in res.output

@@ -35,11 +35,17 @@ def binary_conv_factory(
     scale_shape: str | None = None,
     pad_value: float = 0.0,
     weight_clip: float | None = None,
+    weight_binary: bool = True,
 ) -> ConvFactory:
-    """A factory of 3x3 BinaryConv2d with the given quantizers (and XNOR-Net++ scale shape, if any)."""
+    """A factory of 3x3 BinaryConv2d with the given quantizers (and XNOR-Net++ scale shape, if any).
+
+    `weight_binary=False` keeps the weights real (stage 1 of the two-stage recipes: binary activations first).
+    """
+    wq_spec = weight_quantizer if weight_binary else None
+    clip = weight_clip if weight_binary else None
 
     def make(cin: int, cout: int, stride: int, out_size: tuple[int, int]) -> nn.Module:
-        wq = weight_quantizer() if callable(weight_quantizer) else weight_quantizer
+        wq = wq_spec() if callable(wq_spec) else wq_spec
         scale = LearnedScale(cout, scale_shape, out_size) if scale_shape else None  # type: ignore[arg-type]
         return BinaryConv2d(
             cin,
@@ -52,6 +58,7 @@ def binary_conv_factory(
             weight_quantizer=wq,
             scale=scale,
             pad_value=pad_value,
+            weight_clip=clip,
         )
 
     return make

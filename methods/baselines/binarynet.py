@@ -23,7 +23,13 @@ __all__ = ["binarynet_resnet18", "binarynet_resnet18_cifar"]
 def _create_binarynet(variant: str, pretrained: bool = False, **kwargs: Any) -> BinaryResNet:
     if pretrained:
         raise ValueError(f"{variant}: no pretrained weights")
-    conv = binary_conv_factory("ste_sign", "ste_sign", pad_value=kwargs.pop("pad_value", 0.0), weight_clip=1.0)
+    conv = binary_conv_factory(
+        "ste_sign",
+        "ste_sign",
+        pad_value=kwargs.pop("pad_value", 0.0),
+        weight_binary=kwargs.pop("weight_binary", True),
+        weight_clip=1.0,
+    )
     return build_model_with_cfg(BinaryResNet, variant, pretrained=False, block=BinaryBasicBlock, conv=conv, **kwargs)
 
 

@@ -27,7 +27,9 @@ def _create_birealnet(variant: str, pretrained: bool = False, **kwargs: Any) -> 
     if pretrained:
         raise ValueError(f"{variant}: no pretrained weights")
     wq = partial(MagnitudeAwareSign, variant=kwargs.pop("weight_grad", "release"))
-    conv = binary_conv_factory("approx_sign", wq, pad_value=kwargs.pop("pad_value", 0.0))
+    conv = binary_conv_factory(
+        "approx_sign", wq, pad_value=kwargs.pop("pad_value", 0.0), weight_binary=kwargs.pop("weight_binary", True)
+    )
     return build_model_with_cfg(BinaryResNet, variant, pretrained=False, block=BiRealBlock, conv=conv, **kwargs)
 
 

@@ -34,7 +34,9 @@ def _create_xnornet(variant: str, pretrained: bool = False, **kwargs: Any) -> Bi
         clamp=kwargs.pop("xnor_clamp", False),
         grad=kwargs.pop("xnor_grad", "exact"),
     )
-    conv = binary_conv_factory("ste_sign", wq, pad_value=kwargs.pop("pad_value", 0.0))
+    conv = binary_conv_factory(
+        "ste_sign", wq, pad_value=kwargs.pop("pad_value", 0.0), weight_binary=kwargs.pop("weight_binary", True)
+    )
     return build_model_with_cfg(BinaryResNet, variant, pretrained=False, block=BinaryBasicBlock, conv=conv, **kwargs)
 
 

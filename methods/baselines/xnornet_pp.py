@@ -24,7 +24,11 @@ def _create_xnornet_pp(variant: str, pretrained: bool = False, **kwargs: Any) ->
     if pretrained:
         raise ValueError(f"{variant}: no pretrained weights")
     conv = binary_conv_factory(
-        "ste_sign", "ste_sign", scale_shape=kwargs.pop("scale_shape", "channel"), pad_value=kwargs.pop("pad_value", 0.0)
+        "ste_sign",
+        "ste_sign",
+        scale_shape=kwargs.pop("scale_shape", "channel"),
+        pad_value=kwargs.pop("pad_value", 0.0),
+        weight_binary=kwargs.pop("weight_binary", True),
     )
     return build_model_with_cfg(BinaryResNet, variant, pretrained=False, block=BinaryBasicBlock, conv=conv, **kwargs)
 

@@ -43,7 +43,7 @@ def test_unknown_group(tmp_path):
         ("train:\n  epochs: 2.5\n", "train.epochs"),
         ("train:\n  epochs: true\n", "train.epochs"),
         ("train:\n  amp: 1\n", "train.amp"),
-        ("train:\n  sched: linear\n", "train.sched"),
+        ("train:\n  sched: exponential\n", "train.sched"),
         ("data:\n  split_seed: '0'\n", "data.split_seed"),
         ("train: 3\n", "train"),
     ],
@@ -91,3 +91,30 @@ def test_frozen_and_resolved_config_roundtrip(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
     assert flatten({"a": {"b": 1}}) == {"a.b": 1}
+
+
+def test_recipes_apply_over_train_and_overrides_win(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("train: {lr: 0.05, epochs: 9}\nrecipes:\n  r: {lr: 1, opt: adam, model_kwargs: {scale_shape: full}}\n")
+    cfg = load_config(p, recipe="r")
+    assert cfg.train.lr == 1.0 and cfg.train.opt == "adam" and cfg.train.recipe == "r" and cfg.train.epochs == 9
+    assert cfg.train.model_kwargs == {"scale_shape": "full"} and cfg.recipes == {}
+    assert load_config(p, {"train.lr": 0.2}, recipe="r").train.lr == 0.2
+    assert load_config(p).recipes["r"]["opt"] == "adam"
+    with pytest.raises(ConfigError, match="unknown recipe 'q'.*r"):
+        load_config(p, recipe="q")
+    p.write_text("recipes:\n  r: {lr: fast}\n")
+    with pytest.raises(ConfigError, match=r"recipes\.r\.lr"):
+        load_config(p)
+    p.write_text("recipes:\n  r: {lrr: 1}\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'recipes\.r\.lrr'"):
+        load_config(p)
+
+
+def test_every_project_recipe_resolves():
+    import yaml
+
+    names = yaml.safe_load((REPO / "pipelines" / "params.yaml").read_text())["recipes"]
+    assert {"shared", "xnornetpp_paper_stage1", "xnornetpp_paper_stage2", "bireal_scratch"} <= set(names)
+    for n in names:
+        assert load_config(REPO / "pipelines" / "params.yaml", recipe=n).train.recipe == n

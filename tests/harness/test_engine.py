@@ -218,3 +218,12 @@ def test_sigkill_at_any_moment_then_resume_loses_nothing(cifar_cache, tmp_path):
     a = strip_perf(json.loads((tmp_path / "ref" / "metrics.json").read_text()))
     b = strip_perf(json.loads((run / "metrics.json").read_text()))
     assert a == b
+
+
+def test_linear_schedule_decays_to_min_lr():
+    cfg = TrainConfig(epochs=10, lr=0.001, sched="linear", opt="adam", min_lr=0.0)
+    p = nn.Parameter(torch.zeros(1))
+    opt = build_optimizer(cfg, nn.ParameterList([p]))
+    sched = build_scheduler(cfg, opt, 10)
+    got = [lr for lr, _ in _lrs(sched, opt, [0, 50, 99])]
+    assert got == pytest.approx([0.001, 0.0005, 0.00001], abs=1e-9)

@@ -137,3 +137,7 @@ def test_baseline_loss_goes_down_on_real_cifar(name, cifar_cache, tmp_path):
     assert losses[-1] < losses[0], losses
     assert 0.0 <= float(rows[-1]["binary/flip_ratio"]) < 0.5  # binary weight stats are logged
     assert m["cost/bops"] > 0 and m["cost/params_binary"] > 0  # cost figures travel with the run
+    if name.startswith("binarynet"):  # BinaryNet keeps its latent weights in [-1, 1]
+        state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+        convs = [k for k in state if k.startswith("layer") and k.endswith("conv1.weight")]
+        assert convs and all(state[k].abs().max() <= 1.0 for k in convs)
