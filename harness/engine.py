@@ -111,7 +111,7 @@ class WeightConstraints(Hook):
 class BinaryStats(Hook):
     """Logs the binary weights' flip ratio (fraction of signs changed per step) and latent saturation (|W| >= 1).
 
-    The flip ratio is sampled every `every` steps to keep the cost negligible.
+    The flip ratio is sampled on the first step of each epoch and every `every` steps, to keep the cost negligible.
     """
 
     def __init__(self, model: nn.Module, every: int = 10) -> None:
@@ -119,10 +119,14 @@ class BinaryStats(Hook):
 
         self.stats = BinaryWeightStats(model)
         self.every, self.step = every, 0
-        self._armed = False
+        self._armed = self._first = False
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
+        self._first = True  # every epoch gets at least one sample
 
     def after_backward(self, model: nn.Module) -> None:
-        self._armed = self.step % self.every == 0
+        self._armed = self.step % self.every == 0 or self._first
+        self._first = False
         if self._armed:
             self.stats.snapshot()
 
@@ -133,6 +137,12 @@ class BinaryStats(Hook):
 
     def epoch_metrics(self) -> dict[str, float]:
         return self.stats.summary()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}  # the sampling phase survives a resume
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state.get("step", 0))
 
 
 class IterScheduler:

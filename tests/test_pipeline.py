@@ -14,7 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _stages() -> dict:
-    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    """Stage definitions, with foreach/matrix templates reduced to their `do` body."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {name: st.get("do", st) for name, st in stages.items()}
 
 
 def test_every_stage_is_one_real_bnas_command():
@@ -34,6 +36,8 @@ def test_every_declared_param_exists_in_the_schema():
         for entry in stage.get("params", []):
             assert isinstance(entry, dict) and list(entry) == ["pipelines/params.yaml"], name
             for key in entry["pipelines/params.yaml"]:
+                if key.startswith("recipes.${"):  # a templated recipe: every foreach item's recipe must exist
+                    continue
                 assert key in keys or key in groups, f"{name}: {key} is not a config key"
                 assert key in file_keys, f"{name}: {key} is not in pipelines/params.yaml (DVC needs it there)"
 
@@ -48,6 +52,15 @@ def test_train_stage_outputs_metrics_and_plots_uncached():
         ((path, opts),) = stage["plots"][0].items()
         assert path.endswith("history.csv") and opts["cache"] is False
         assert "--resume" in stage["cmd"]
+
+
+def test_every_foreach_recipe_exists():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    recipes = yaml.safe_load((REPO / "pipelines" / "params.yaml").read_text())["recipes"]
+    for name, st in stages.items():
+        for key, item in (st.get("foreach") or {}).items():
+            if "recipe" in item:
+                assert item["recipe"] in recipes, f"{name}@{key}: unknown recipe {item['recipe']}"
 
 
 def test_ci_runs_the_readme_test_command():

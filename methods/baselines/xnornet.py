@@ -10,6 +10,10 @@ gradient of alpha*sign(W) by default; `xnor_grad="xnor_rescale"` selects the XNO
 `xnor_center=True`/`xnor_clamp=True` the in-place centring/clamping of the latent weights.
 
 Binary: every 3x3 conv in the four stages. Real: stem conv, 1x1 downsample shortcuts, BN, classifier.
+
+Note: the block order is the shared binary ResNet's conv -> BN. A per-output-channel scale right before a training-mode
+BN is absorbed by it, so alpha changes the gradients (and eval-time BN statistics) but not the training forward
+function; the paper's BN -> sign -> conv order, where alpha survives, is not implemented yet.
 """
 
 from __future__ import annotations

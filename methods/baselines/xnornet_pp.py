@@ -7,6 +7,8 @@ Y = (sign(X) * sign(W)) . Gamma, Gamma learned by backprop, in the shape given b
 (C_out; default), "factorised" (alpha (x) beta (x) gamma over C_out x H_out x W_out) or "full" (C_out x H_out x W_out).
 The spatial shapes tie the model to its input size (`img_size`). Binary: every 3x3 conv in the four stages
 (ste_sign on inputs and weights). Real: stem conv, 1x1 downsample shortcuts, BN, Gamma, classifier.
+With the conv -> BN block order, a "channel" Gamma is absorbed by the following training-mode BN (it only changes
+gradients); the spatial shapes ("factorised", "full") change the forward function.
 """
 
 from __future__ import annotations

@@ -227,3 +227,21 @@ def test_linear_schedule_decays_to_min_lr():
     sched = build_scheduler(cfg, opt, 10)
     got = [lr for lr, _ in _lrs(sched, opt, [0, 50, 99])]
     assert got == pytest.approx([0.001, 0.0005, 0.00001], abs=1e-9)
+
+
+def test_resume_is_exact_for_a_binary_model_with_weight_stats(cifar_cache, tmp_path):
+    cfg = tiny_config(
+        model="binarynet_resnet18_cifar",
+        epochs=2,
+        train_subset=128,
+        test_subset=64,
+        opt="adam",
+        lr=5e-4,
+        sched="constant",
+    )
+    full = run_train(cfg, cifar_cache, tmp_path / "full", progress=False)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_train(cfg, cifar_cache, tmp_path / "cut", hooks=[CrashAfter(0)], progress=False)
+    resumed = run_train(cfg, cifar_cache, tmp_path / "cut", resume=True, progress=False)
+    assert "binary/flip_ratio" in full
+    assert strip_perf(resumed) == strip_perf(full)
