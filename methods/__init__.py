@@ -3,4 +3,4 @@
 `methods/` depends only on torch and timm; it never imports `harness`, mlflow or click.
 """
 
-from methods import baselines  # noqa: F401  (registers models)
+from methods import baselines, bnas  # noqa: F401  (registers models)

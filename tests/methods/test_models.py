@@ -56,11 +56,18 @@ def test_resnet18_cifar_shape_and_size():
     assert m.forward_features(torch.randn(1, 3, 32, 32)).shape[-2:] == (4, 4)
 
 
+def _bnas_models() -> list[str]:
+    import methods.bnas.network as net
+
+    return [n for n in net.__all__ if timm.is_model(n)]
+
+
 def test_no_name_shadows_a_timm_builtin():
     timm_modules = [
         importlib.import_module(f"timm.models.{m.name}") for m in pkgutil.iter_modules(timm.models.__path__)
     ]
-    for name in _our_models():
+    assert len(_bnas_models()) == 6
+    for name in _our_models() + _bnas_models():
         owners = [mod.__name__ for mod in timm_modules if callable(getattr(mod, name, None))]
         assert owners == [], f"{name} shadows {owners}"
 

@@ -1,0 +1,183 @@
+"""BNAS genotypes: the search space S_B's primitives and the published cells, as data.
+
+Kim, Singh, Choi, "Learning Architectures for Binary Networks", ECCV 2020, arXiv 2002.06963 (bnas.md §2, §5.1).
+A genotype lists, per intermediate node, two (operation, input) pairs; inputs 0 and 1 are the cell inputs c_{k-2} and
+c_{k-1}, inputs 2..5 the nodes 0..3. The cell output concatenates nodes 2..5.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+__all__ = [
+    "PRIMITIVES",
+    "Genotype",
+    "GENOTYPES",
+    "get_genotype",
+    "genotype_to_json",
+    "genotype_from_json",
+    "GenotypeError",
+]
+
+# The 7 candidate operations of S_B, in the release's order (normal and reduction cells alike).
+PRIMITIVES: tuple[str, ...] = (
+    "none",  # Zeroise: a real operation that outputs zeros (kept in search and in final cells)
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "bin_dil_conv_3x3",
+    "bin_dil_conv_5x5",
+    "bin_conv_3x3",
+    "bin_conv_5x5",
+)
+
+
+class GenotypeError(ValueError):
+    """A genotype is malformed (unknown op, bad input index, wrong length)."""
+
+
+class Genotype(NamedTuple):
+    """A cell pair: `normal`/`reduce` are 8 (op, input) pairs, two per node; `*_concat` the nodes concatenated."""
+
+    normal: tuple[tuple[str, int], ...]
+    normal_concat: tuple[int, ...]
+    reduce: tuple[tuple[str, int], ...]
+    reduce_concat: tuple[int, ...]
+
+    def validate(self, primitives: tuple[str, ...] = PRIMITIVES) -> Genotype:
+        """Check ops, input indices and shape; returns self.
+
+        Raises:
+            GenotypeError: naming the cell, the position and what was expected.
+        """
+        for cell, ops, concat in (
+            ("normal", self.normal, self.normal_concat),
+            ("reduce", self.reduce, self.reduce_concat),
+        ):
+            if len(ops) != 8:
+                raise GenotypeError(f"genotype.{cell}: expected 8 (op, input) pairs (2 per node), got {len(ops)}")
+            for i, pair in enumerate(ops):
+                if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                    raise GenotypeError(f"genotype.{cell}[{i}]: expected [op, input], got {pair!r}")
+                op, j = pair
+                if op not in primitives:
+                    raise GenotypeError(f"genotype.{cell}[{i}]: unknown op {op!r}; expected one of {list(primitives)}")
+                node = i // 2
+                if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < node + 2:
+                    raise GenotypeError(
+                        f"genotype.{cell}[{i}]: input {j!r} invalid for node {node} (expected 0..{node + 1})"
+                    )
+            if sorted(concat) != list(range(2, 6)):
+                raise GenotypeError(f"genotype.{cell}_concat: expected [2, 3, 4, 5], got {list(concat)}")
+        return self
+
+
+def _g(normal: list[tuple[str, int]], reduce: list[tuple[str, int]]) -> Genotype:
+    return Genotype(tuple(normal), (2, 3, 4, 5), tuple(reduce), (2, 3, 4, 5)).validate()
+
+
+# `latest_cell_zeroise`: the CIFAR-10 cell of BNAS-A (release commands and README figures; bnas.md §5.1).
+BNAS_CIFAR = _g(
+    [
+        ("none", 1),
+        ("bin_dil_conv_3x3", 0),
+        ("bin_conv_3x3", 1),
+        ("none", 2),
+        ("none", 2),
+        ("none", 3),
+        ("none", 3),
+        ("none", 4),
+    ],
+    [
+        ("max_pool_3x3", 0),
+        ("none", 1),
+        ("max_pool_3x3", 0),
+        ("none", 2),
+        ("none", 3),
+        ("none", 2),
+        ("none", 3),
+        ("none", 4),
+    ],
+)
+
+# `latest_cell`: the ImageNet cell of BNAS-D..H (release `--arch latest_cell`; bnas.md §5.1).
+BNAS_IMAGENET = _g(
+    [
+        ("bin_conv_3x3", 1),
+        ("bin_dil_conv_3x3", 0),
+        ("bin_conv_3x3", 1),
+        ("bin_conv_3x3", 2),
+        ("bin_conv_3x3", 2),
+        ("bin_dil_conv_3x3", 1),
+        ("bin_dil_conv_3x3", 1),
+        ("bin_conv_3x3", 0),
+    ],
+    [
+        ("max_pool_3x3", 0),
+        ("max_pool_3x3", 1),
+        ("max_pool_3x3", 0),
+        ("bin_conv_3x3", 2),
+        ("max_pool_3x3", 0),
+        ("bin_dil_conv_3x3", 3),
+        ("max_pool_3x3", 0),
+        ("bin_dil_conv_3x3", 4),
+    ],
+)
+
+GENOTYPES: dict[str, Genotype] = {
+    "latest_cell_zeroise": BNAS_CIFAR,
+    "latest_cell": BNAS_IMAGENET,
+}
+
+
+def get_genotype(name: str) -> Genotype:
+    """A published genotype by name (a dict lookup, never `eval`).
+
+    Raises:
+        GenotypeError: unknown name.
+    """
+    if name not in GENOTYPES:
+        raise GenotypeError(f"unknown genotype '{name}'; expected one of {', '.join(GENOTYPES)} or a genotype.json")
+    return GENOTYPES[name]
+
+
+def genotype_to_json(g: Genotype) -> str:
+    """Serialise to JSON (lists of [op, input])."""
+    return json.dumps(
+        {
+            "normal": [list(p) for p in g.normal],
+            "normal_concat": list(g.normal_concat),
+            "reduce": [list(p) for p in g.reduce],
+            "reduce_concat": list(g.reduce_concat),
+        },
+        indent=2,
+    )
+
+
+def genotype_from_json(text_or_path: str | Path) -> Genotype:
+    """Parse and validate a genotype from JSON text or a `genotype.json` path.
+
+    Raises:
+        GenotypeError: unreadable or malformed.
+    """
+    text = str(text_or_path)
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise GenotypeError(f"{path}: genotype file not found")
+        text = path.read_text()
+    try:
+        d = json.loads(text)
+        g = Genotype(
+            tuple((str(p[0]), p[1]) for p in d["normal"]),
+            tuple(d["normal_concat"]),
+            tuple((str(p[0]), p[1]) for p in d["reduce"]),
+            tuple(d["reduce_concat"]),
+        )
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise GenotypeError(
+            f"malformed genotype JSON ({type(e).__name__}: {e}); expected keys normal, "
+            f"normal_concat, reduce, reduce_concat"
+        ) from None
+    return g.validate()
