@@ -93,3 +93,104 @@ def test_forward_backward_cifar_and_imagenet():
     y = m(torch.randn(1, 3, 224, 224))
     assert y.shape == (1, 1000) and torch.isfinite(y).all()
     y.sum().backward()
+
+
+# --- search: supernet, objective, derivation ------------------------------------------------------------------------
+
+import math  # noqa: E402
+
+from methods._registry import create_searcher, list_searchers  # noqa: E402
+from methods.bnas.search import derive_genotype, diversity_weight, mean_entropy  # noqa: E402
+from methods.bnas.supernet import MixedOp, SuperNet  # noqa: E402
+
+
+def test_mixed_op_skips_zeroise_but_its_alpha_still_gets_a_gradient():
+    torch.manual_seed(0)
+    op = MixedOp(4, 1).double()
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    alpha = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    w = torch.softmax(alpha, -1)
+    fast = op(x, w)
+    ref = w[0] * (x * 0) + sum(w[k] * m(x) for m, k in zip(op.ops, op.op_index, strict=True))
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+    g_fast = torch.autograd.grad(fast.sum(), alpha, retain_graph=True)[0]
+    g_ref = torch.autograd.grad(ref.sum(), alpha)[0]
+    torch.testing.assert_close(g_fast, g_ref)
+    assert g_fast[0] != 0  # Zeroise's alpha moves through the softmax normalisation
+    assert len(op.ops) == 6
+
+
+def test_entropy_regulariser_and_its_official_bug():
+    a = torch.zeros(14, 7)
+    assert float(mean_entropy(a, a)) == pytest.approx(math.log(7))
+    r = torch.zeros(14, 7)
+    r[-1] = torch.tensor([5.0, 0, 0, 0, 0, 0, 0])  # the last reduce edge is peaked
+    correct = float(mean_entropy(a, r))
+    official = float(mean_entropy(a, r, official_bug=True))
+    p = torch.softmax(r[-1], -1)
+    h_last = float(-(p * p.log()).sum())
+    assert correct == pytest.approx((14 * math.log(7) + 13 * math.log(7) + h_last) / 28)
+    assert official == pytest.approx((14 * math.log(7) + 14 * h_last) / 28)
+    assert [round(diversity_weight(e), 3) for e in (0, 10, 20, 49)] == [1.0, 0.273, 0.074, 0.002]
+    assert diversity_weight(5, lam=0.0) == 0.0  # "No Div"
+
+
+def _alphas(spec: dict[tuple[int, int], int], strength: float = 5.0) -> torch.Tensor:
+    """14 x 7 alphas; spec maps (node, input) -> the op index that dominates that edge."""
+    a = torch.zeros(14, 7)
+    start = 0
+    for i in range(4):
+        for j in range(2 + i):
+            if (i, j) in spec:
+                a[start + j, spec[(i, j)]] = strength
+        start += 2 + i
+    return a
+
+
+def test_derivation_keeps_zeroise_and_ranks_by_the_largest_weight():
+    # node 0: edges from inputs 0 (bin_conv_3x3) and 1 (none) dominate; node 1: input 2 (none, strongest), input 0
+    spec = {(0, 0): 5, (0, 1): 0, (1, 2): 0, (1, 0): 1, (2, 3): 3, (2, 1): 6, (3, 4): 2, (3, 0): 4}
+    a = _alphas(spec)
+    a[4, 0] = 6.0  # node 1 <- input 2 (edge 2 + 2 = 4, Zeroise) is the strongest edge of node 1
+    g = derive_genotype(a, a, PRIMITIVES)
+    assert g.normal[:2] == (("bin_conv_3x3", 0), ("none", 1)) or g.normal[:2] == (("none", 1), ("bin_conv_3x3", 0))
+    assert g.normal[2] == ("none", 2)
+    g.validate()
+    # "No Zeroise": none is never chosen, and ranking ignores it
+    gz = derive_genotype(a, a, PRIMITIVES, exclude_zeroise=True)
+    assert all(op != "none" for op, _ in gz.normal + gz.reduce)
+
+
+def test_gamma_transfer_divides_the_zeroise_column_not_row_zero():
+    a = _alphas({(i, j): 0 for i in range(4) for j in range(2 + i)}, strength=1.0)  # Zeroise leads everywhere
+    plain = derive_genotype(a, a, PRIMITIVES)
+    assert all(op == "none" for op, _ in plain.normal)
+    fixed = derive_genotype(a, a, PRIMITIVES, gamma=3.0)
+    assert all(op != "none" for op, _ in fixed.normal)  # down-weighted by 3, Zeroise loses every edge
+    buggy = derive_genotype(a, a, PRIMITIVES, gamma=3.0, official_gamma_bug=True)
+    assert sum(op == "none" for op, _ in buggy.normal) >= 6  # the release only touches edge 0
+
+
+def test_one_search_step_on_real_cifar(cifar_cache):
+    from harness.data import CifarLoader, load_cifar10
+
+    ds = load_cifar10(cifar_cache)
+    tr = ds.search_train_idx[:16]
+    va = ds.search_val_idx[:16]
+    train = next(iter(CifarLoader(ds.train_x[tr], ds.train_y[tr], 16, train=True)))
+    val = next(iter(CifarLoader(ds.train_x[va], ds.train_y[va], 16, train=True)))
+    torch.manual_seed(0)
+    net = SuperNet(init_channels=4, layers=5)
+    assert "bnas" in list_searchers()
+    s = create_searcher("bnas", supernet=net, epochs=2)
+    s.new_epoch(0)
+    a0 = [a.detach().clone() for a in net.arch_parameters()]
+    w0 = net.classifier.weight.detach().clone()
+    out = s.step(train, val)
+    assert all(math.isfinite(v) for v in out.values())
+    assert all(not torch.equal(a, b) for a, b in zip(a0, net.arch_parameters(), strict=True))
+    assert not torch.equal(w0, net.classifier.weight)
+    assert out["search/objective"] == pytest.approx(out["search/val_loss"] - s.entropy(), abs=1e-3)
+    s.genotype().validate()
+    s.new_epoch(1)  # cosine from 0.025 towards 0.001 over 2 epochs: halfway
+    assert s.w_opt.param_groups[0]["lr"] == pytest.approx(0.013)

@@ -1,0 +1,201 @@
+"""BNAS search objective, first-order bilevel step and genotype derivation (bnas.md §4).
+
+Objective of the architecture step: L = CE_val - lambda * H(softmax alpha) * exp(-t / tau), lambda = 1, tau = 7.7,
+t = the epoch, H the mean Shannon entropy (natural log) over all normal and reduction edges. lambda = 0 is "No Div".
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from methods._registry import register_searcher
+from methods.bnas.genotypes import Genotype
+
+__all__ = ["mean_entropy", "diversity_weight", "derive_genotype", "BnasSearcher", "bnas"]
+
+
+def mean_entropy(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, official_bug: bool = False) -> torch.Tensor:
+    """Mean over the 2 x 14 edges of the entropy of softmax(alpha).
+
+    `official_bug=True` reproduces the release: the reduce loop reads the normal loop's last index, so the reduce part
+    is 14 x the entropy of the last reduce edge (bnas.md §4, §8.3).
+    """
+
+    def ent(a: torch.Tensor) -> torch.Tensor:
+        p = F.softmax(a, dim=-1)
+        return -(p * F.log_softmax(a, dim=-1)).sum(-1)
+
+    hn, hr = ent(alphas_normal), ent(alphas_reduce)
+    if official_bug:
+        hr = hr[-1].expand_as(hr)
+    return (hn.sum() + hr.sum()) / (hn.numel() + hr.numel())
+
+
+def diversity_weight(epoch: int, lam: float = 1.0, tau: float = 7.7) -> float:
+    """lambda * exp(-epoch / tau): 1.0 at epoch 0, 0.27 at 10, 0.074 at 20 (bnas.md §4)."""
+    return lam * math.exp(-epoch / tau)
+
+
+def _derive_cell(
+    weights: torch.Tensor, primitives: tuple[str, ...], steps: int, exclude_zeroise: bool
+) -> tuple[tuple[str, int], ...]:
+    out: list[tuple[str, int]] = []
+    start = 0
+    usable = [k for k, p in enumerate(primitives) if not (exclude_zeroise and p == "none")]
+    for i in range(steps):
+        n = 2 + i
+        w = weights[start : start + n]
+        best = [max(usable, key=lambda k: float(w[j, k])) for j in range(n)]
+        strength = [float(w[j, best[j]]) for j in range(n)]
+        edges = sorted(range(n), key=lambda j: -strength[j])[:2]
+        out += [(primitives[best[j]], j) for j in edges]
+        start += n
+    return tuple(out)
+
+
+def derive_genotype(
+    alphas_normal: torch.Tensor,
+    alphas_reduce: torch.Tensor,
+    primitives: tuple[str, ...],
+    steps: int = 4,
+    exclude_zeroise: bool = False,
+    gamma: float = 1.0,
+    official_gamma_bug: bool = False,
+) -> Genotype:
+    """Discretise the alphas (bnas.md §4): per node keep the top-2 incoming edges ranked by their largest op weight,
+    Zeroise included (unless `exclude_zeroise`), and on each the argmax op.
+
+    `gamma` > 1 is the ImageNet transfer variant: the Zeroise weights are divided by gamma before ranking (the
+    intended reading). `official_gamma_bug=True` divides row 0 (all ops of the first edge) instead, as the release does.
+    """
+    wn = F.softmax(alphas_normal.detach().float(), dim=-1).clone()
+    wr = F.softmax(alphas_reduce.detach().float(), dim=-1).clone()
+    if gamma != 1.0:
+        for w in (wn, wr):
+            if official_gamma_bug:
+                w[0] = w[0] / gamma
+            elif "none" in primitives:
+                w[:, primitives.index("none")] /= gamma
+    concat = tuple(range(2, 2 + steps))
+    return Genotype(
+        _derive_cell(wn, primitives, steps, exclude_zeroise),
+        concat,
+        _derive_cell(wr, primitives, steps, exclude_zeroise),
+        concat,
+    )
+
+
+class BnasSearcher:
+    """First-order bilevel BNAS search on a :class:`SuperNet` (bnas.md §4).
+
+    Per iteration: (1) an architecture step on a validation batch: Adam on the alphas with
+    CE - lambda * H * exp(-epoch / tau), gradients taken w.r.t. the alphas only; (2) a weight step on a training batch:
+    SGD (momentum, weight decay, no clipping) on the weights with plain CE, gradients w.r.t. the weights only. XNOR
+    binarisation and its gradient rescale happen inside the binary convs' weight quantizers.
+
+    Interface: `new_epoch(epoch)`, `step(train_batch, val_batch)`, `genotype()`, `state_dict()`/`load_state_dict()`.
+    """
+
+    def __init__(
+        self,
+        supernet: torch.nn.Module,
+        *,
+        epochs: int = 50,
+        lr: float = 0.025,
+        lr_min: float = 0.001,
+        momentum: float = 0.9,
+        weight_decay: float = 3e-4,
+        arch_lr: float = 3e-4,
+        arch_betas: tuple[float, float] = (0.5, 0.999),
+        arch_weight_decay: float = 1e-3,
+        lam: float = 1.0,
+        tau: float = 7.7,
+        official_entropy_bug: bool = False,
+    ) -> None:
+        self.net = supernet
+        self.epochs, self.lam, self.tau = epochs, lam, tau
+        self.official_entropy_bug = official_entropy_bug
+        self.w_params = supernet.weight_parameters()
+        self.a_params = supernet.arch_parameters()
+        self.w_opt = torch.optim.SGD(self.w_params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.a_opt = torch.optim.Adam(self.a_params, lr=arch_lr, betas=arch_betas, weight_decay=arch_weight_decay)
+        self.lr, self.lr_min = lr, lr_min
+        self.epoch = 0
+
+    def new_epoch(self, epoch: int) -> None:
+        """Set the epoch (for the regulariser weight) and the weights' cosine learning rate for it (per epoch, from
+        lr at epoch 0 towards lr_min, as the release's CosineAnnealingLR)."""
+        self.epoch = epoch
+        for g in self.w_opt.param_groups:
+            g["lr"] = _cosine(self.lr, self.lr_min, epoch, self.epochs)
+
+    def arch_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(objective, CE, logits) of the architecture step on a validation batch."""
+        logits = self.net(x)
+        ce = F.cross_entropy(logits, y)
+        h = mean_entropy(*self.a_params, official_bug=self.official_entropy_bug)
+        return ce - diversity_weight(self.epoch, self.lam, self.tau) * h, ce, logits
+
+    def step(
+        self, train_batch: tuple[torch.Tensor, torch.Tensor], val_batch: tuple[torch.Tensor, torch.Tensor]
+    ) -> dict[str, float]:
+        """One search iteration. Returns the batch losses and accuracies."""
+        self.net.train()
+        xv, yv = val_batch
+        obj, ce_v, lv = self.arch_loss(xv, yv)
+        grads = torch.autograd.grad(obj, self.a_params)
+        for p, g in zip(self.a_params, grads, strict=True):
+            p.grad = g
+        self.a_opt.step()
+        xt, yt = train_batch
+        lt = self.net(xt)
+        ce_t = F.cross_entropy(lt, yt)
+        grads = torch.autograd.grad(ce_t, self.w_params, allow_unused=True)
+        for p, g in zip(self.w_params, grads, strict=True):
+            p.grad = g
+        self.w_opt.step()
+        with torch.no_grad():
+            return {
+                "train/loss": float(ce_t),
+                "train/top1": 100.0 * float((lt.argmax(1) == yt).float().mean()),
+                "search/val_loss": float(ce_v),
+                "search/val_top1": 100.0 * float((lv.argmax(1) == yv).float().mean()),
+                "search/objective": float(obj),
+            }
+
+    def entropy(self) -> float:
+        """Current mean alpha entropy (the correct reading, whatever `official_entropy_bug` says)."""
+        with torch.no_grad():
+            return float(mean_entropy(*self.a_params))
+
+    def genotype(self, **kwargs: float | bool) -> Genotype:
+        """The genotype derived from the current alphas (see :func:`derive_genotype`)."""
+        return derive_genotype(self.a_params[0], self.a_params[1], self.net.primitives, self.net.steps, **kwargs)
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "net": self.net.state_dict(),
+            "w_opt": self.w_opt.state_dict(),
+            "a_opt": self.a_opt.state_dict(),
+            "epoch": self.epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.net.load_state_dict(state["net"])  # type: ignore[arg-type]
+        self.w_opt.load_state_dict(state["w_opt"])  # type: ignore[arg-type]
+        self.a_opt.load_state_dict(state["a_opt"])  # type: ignore[arg-type]
+        self.epoch = int(state["epoch"])  # type: ignore[arg-type]
+
+
+def _cosine(base: float, eta_min: float, epoch: int, total: int) -> float:
+    """Cosine annealing from `base` at epoch 0 to `eta_min` at epoch `total` (torch's CosineAnnealingLR closed form)."""
+    return eta_min + (base - eta_min) * (1 + math.cos(math.pi * epoch / total)) / 2
+
+
+@register_searcher
+def bnas(supernet: torch.nn.Module, **kwargs: object) -> BnasSearcher:
+    """The BNAS searcher (first-order bilevel, entropy-regularised)."""
+    return BnasSearcher(supernet, **kwargs)  # type: ignore[arg-type]
