@@ -147,6 +147,36 @@ def train(
 
 @cli.command()
 @click.option(
+    "--params",
+    type=click.Path(path_type=Path),
+    default=Path("pipelines/params.yaml"),
+    show_default=True,
+    help=PARAMS_HELP,
+)
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Prepared CIFAR-10 (from `bnas prepare`).")
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Search folder, e.g. runs/cifar10/search/seed2."
+)
+@click.option("--seed", type=int, default=None, help="Override search.seed.")
+@click.option("--resume", is_flag=True, help="Continue from <out>/checkpoint.pt if it exists (and fits the config).")
+@click.option(
+    "-S", "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a param, e.g. -S search.epochs=2."
+)
+def search(params: Path, data: Path, out: Path, seed: int | None, resume: bool, sets: tuple[str, ...]) -> None:
+    """BNAS architecture search on the recorded 25k/25k split; writes genotype.json and the alphas heatmap."""
+    from harness.config import load_config, parse_override
+
+    overrides = dict(parse_override(s) for s in sets)
+    if seed is not None:
+        overrides["search.seed"] = seed
+    cfg = load_config(params, overrides, recipe="")
+    from harness.searching import run_search
+
+    click.echo(json.dumps(run_search(cfg, data, out, resume=resume), sort_keys=True))
+
+
+@cli.command()
+@click.option(
     "--run",
     "run_dir",
     type=click.Path(path_type=Path, file_okay=False),

@@ -23,6 +23,7 @@ from harness.errors import ConfigError
 __all__ = [
     "DataConfig",
     "TrainConfig",
+    "SearchConfig",
     "TrackingConfig",
     "Config",
     "load_config",
@@ -89,6 +90,36 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """BNAS search (bnas.md §4): supernet, bilevel optimisers, diversity regulariser, derivation, release switches."""
+
+    init_channels: int = 16  # C of the supernet's first cells
+    layers: int = 8  # supernet cells (reductions at layers//3 and 2*layers//3)
+    epochs: int = 50  # search epochs
+    batch_size: int = 64  # per process, for both the weight and the architecture batches
+    lr: float = 0.025  # weights: SGD lr, cosine-annealed per epoch to lr_min
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    arch_lr: float = 3e-4  # alphas: Adam
+    arch_beta1: float = 0.5
+    arch_beta2: float = 0.999
+    arch_weight_decay: float = 1e-3
+    lam: float = 1.0  # diversity regulariser weight lambda (0 = the "No Div" ablation)
+    tau: float = 7.7  # its decay: lambda * exp(-epoch / tau)
+    no_zeroise: bool = False  # remove Zeroise from the search space ("No Zeroise")
+    no_skip: bool = False  # remove the T_B skip connections ("No Skip")
+    gamma: float = 3.0  # ImageNet transfer: Zeroise weights divided by gamma before deriving the ImageNet genotype
+    train_subset: int = 0  # use this many images of each search split (stratified); 0 = all 25k + 25k
+    seed: int = 2  # the release's search seed
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    official_entropy_bug: bool = False  # release: the reduce entropy reads the last edge 14 times (bnas.md §8.3)
+    official_gamma_bug: bool = False  # release: gamma divides row 0 instead of the Zeroise column (bnas.md §8.4)
+    official_genotype_offset: bool = False  # release: keep the best epoch's START-of-epoch genotype (bnas.md §8.6)
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """MLflow tracking. The store defaults to `sqlite:///<project>/mlflow.db`; MLFLOW_TRACKING_URI overrides it."""
 
@@ -106,6 +137,7 @@ class Config:
 
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
 

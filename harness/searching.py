@@ -1,0 +1,286 @@
+"""`bnas search`: the BNAS architecture search on the recorded 25k/25k CIFAR-10 split (bnas.md §4).
+
+Run folder: `config.yaml`, `checkpoint.pt` (every epoch, atomic: supernet, both optimizers, RNG, history, best),
+`history.csv` (per epoch: losses, accuracies, mean alpha entropy, regulariser weight, genotype), `genotypes/` (the
+derived genotype and the alphas of every epoch), `genotype.json` (the result and the epoch it came from, plus the
+ImageNet-transfer genotype), `alphas.png` (heatmap of the final alphas), `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from harness.config import Config, config_to_dict, flatten, save_config
+from harness.data import CifarLoader, load_cifar10, stratified_subset
+from harness.distributed import setup_runtime, teardown_runtime
+from harness.errors import DataError
+from harness.io import atomic_path, atomic_write_json, atomic_write_text
+from harness.training import _config_diff, _write_history, code_digest, peak_memory_mb
+
+__all__ = ["run_search", "plot_alphas"]
+
+log = logging.getLogger(__name__)
+
+
+def _split(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    keep = idx[torch.from_numpy(stratified_subset(y[idx].numpy(), n, seed))]
+    return x[keep], y[keep]
+
+
+def plot_alphas(
+    alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, primitives: tuple[str, ...], path: Path
+) -> None:
+    """Heatmap of softmax(alpha) per edge for both cell types, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5), constrained_layout=True)
+    for ax, a, title in zip(axes, (alphas_normal, alphas_reduce), ("normal", "reduce"), strict=True):
+        w = torch.softmax(a.detach().float().cpu(), -1).numpy()
+        im = ax.imshow(w, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(primitives)), primitives, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(w.shape[0]))
+        ax.set_ylabel("edge")
+        ax.set_title(f"{title} cell: softmax(alpha)")
+        fig.colorbar(im, ax=ax)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _genotype_dict(g: Any) -> dict[str, Any]:
+    from methods.bnas.genotypes import genotype_to_json
+
+    return json.loads(genotype_to_json(g))
+
+
+def run_search(
+    cfg: Config, data: str | Path, out: str | Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Search with the BNAS objective; checkpoint every epoch; resume from `out/checkpoint.pt` when asked."""
+    from methods.bnas.search import BnasSearcher, diversity_weight
+    from methods.bnas.supernet import SuperNet
+
+    sc = cfg.search
+    out = Path(out)
+    rt = setup_runtime(sc.device)
+    if rt.distributed:
+        raise DataError("distributed search is not implemented yet; run `bnas search` as one process")
+    try:
+        if sc.threads > 0:
+            torch.set_num_threads(sc.threads)
+        ds = load_cifar10(data)
+        tr_x, tr_y = _split(ds.train_x, ds.train_y, ds.search_train_idx, sc.train_subset, cfg.data.split_seed)
+        va_x, va_y = _split(ds.train_x, ds.train_y, ds.search_val_idx, sc.train_subset, cfg.data.split_seed)
+        dev = rt.device
+        # both halves use the training transforms (bnas.md §4); the architecture batches cycle persistently
+        train_loader = CifarLoader(tr_x, tr_y, sc.batch_size, train=True, seed=sc.seed, device=dev)
+        val_loader = CifarLoader(va_x, va_y, sc.batch_size, train=True, seed=sc.seed + 1, device=dev)
+        eval_loader = CifarLoader(va_x, va_y, max(sc.batch_size, 256), train=False, device=dev)
+        torch.manual_seed(sc.seed)
+        net = SuperNet(sc.init_channels, sc.layers, num_classes=10, no_zeroise=sc.no_zeroise, skip=not sc.no_skip).to(
+            dev
+        )
+        searcher = BnasSearcher(
+            net,
+            epochs=sc.epochs,
+            lr=sc.lr,
+            lr_min=sc.lr_min,
+            momentum=sc.momentum,
+            weight_decay=sc.weight_decay,
+            arch_lr=sc.arch_lr,
+            arch_betas=(sc.arch_beta1, sc.arch_beta2),
+            arch_weight_decay=sc.arch_weight_decay,
+            lam=sc.lam,
+            tau=sc.tau,
+            official_entropy_bug=sc.official_entropy_bug,
+        )
+        cfg_dict, digest = config_to_dict(cfg), code_digest()
+        ckpt = out / "checkpoint.pt"
+        start, history, best, run_id = 0, [], {"val_top1": -1.0, "epoch": -1, "genotype": None}, None
+        if resume and ckpt.exists():
+            state = load_checkpoint(ckpt, map_location=dev)
+            diff = _config_diff(state.get("config", {}), cfg_dict)
+            if state.get("code_digest") != digest:
+                diff.append("code")
+            if diff:
+                log.warning(
+                    "%s was made with a different config (%s); keeping it as checkpoint.stale.pt",
+                    ckpt,
+                    "; ".join(diff[:5]),
+                )
+                os.replace(ckpt, out / "checkpoint.stale.pt")
+            else:
+                searcher.load_state_dict(state["model"])
+                set_rng_state(state["rng"])
+                start, history, best = int(state["epoch"]), list(state["history"]), dict(state["best"])
+                run_id = state.get("mlflow_run_id")
+                log.info("resuming search from %s at epoch %d", ckpt, start)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        tracker: Any = None
+        if cfg.tracking.enabled:
+            from harness.tracking import Tracker, git_info
+
+            tracker = Tracker()
+            git = git_info()
+            run_id = tracker.start(
+                experiment=f"{cfg.tracking.experiment_prefix}-cifar10",
+                run_name=f"bnas-s{sc.seed}-search",
+                tags={
+                    "bnas.method": "bnas",
+                    "bnas.dataset": "cifar10",
+                    "bnas.seed": sc.seed,
+                    "bnas.stage": "search",
+                    "bnas.dvc_stage": os.environ.get("DVC_STAGE", ""),
+                    "bnas.git_commit": git["commit"],
+                    "bnas.git_dirty": git["dirty"],
+                    "bnas.data_fingerprint": ds.meta.get("fingerprint", ""),
+                    "bnas.torch": torch.__version__,
+                    "bnas.device": str(dev),
+                    "bnas.world_size": 1,
+                },
+                params=flatten(cfg_dict),
+                run_id=run_id,
+            )
+        status = "FAILED"
+        try:
+            for epoch in range(start, sc.epochs):
+                t0 = time.perf_counter()
+                searcher.new_epoch(epoch)
+                g_start = searcher.genotype(exclude_zeroise=sc.no_zeroise)
+                train_loader.set_epoch(epoch)
+                val_loader.set_epoch(epoch)
+                sums: dict[str, float] = {}
+                n = 0
+                val_iter = itertools.cycle(val_loader) if len(val_loader) else iter(())
+                it = zip(train_loader, val_iter, strict=False)  # the val iterator cycles
+                if progress:
+                    from tqdm import tqdm
+
+                    it = tqdm(it, total=len(train_loader), desc=f"search {epoch}", leave=False, dynamic_ncols=True)
+                for tb, vb in it:
+                    m = searcher.step(tb, vb)
+                    for k, v in m.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    n += 1
+                row: dict[str, Any] = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()}}
+                net.eval()
+                correct = total = 0
+                loss_sum = 0.0
+                with torch.no_grad():
+                    for x, y in eval_loader:
+                        logits = net(x)
+                        loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+                        correct += int((logits.argmax(1) == y).sum())
+                        total += len(y)
+                g_end = searcher.genotype(exclude_zeroise=sc.no_zeroise)
+                row.update(
+                    {
+                        "val/loss": loss_sum / max(total, 1),
+                        "val/top1": 100.0 * correct / max(total, 1),
+                        "alpha_entropy": searcher.entropy(),
+                        "reg_weight": diversity_weight(epoch, sc.lam, sc.tau),
+                        "lr": searcher.w_opt.param_groups[0]["lr"],
+                        "perf/epoch_s": time.perf_counter() - t0,
+                        "genotype": json.dumps(_genotype_dict(g_end)),
+                    }
+                )
+                if row["val/top1"] > best["val_top1"]:
+                    chosen = g_start if sc.official_genotype_offset else g_end
+                    best = {"val_top1": row["val/top1"], "epoch": epoch + 1, "genotype": _genotype_dict(chosen)}
+                history.append(row)
+                gdir = out / "genotypes"
+                atomic_write_json(
+                    gdir / f"epoch{epoch + 1:03d}.json",
+                    {
+                        "epoch": epoch + 1,
+                        "genotype": _genotype_dict(g_end),
+                        "alphas_normal": net.alphas_normal.detach().cpu().tolist(),
+                        "alphas_reduce": net.alphas_reduce.detach().cpu().tolist(),
+                    },
+                )
+                save_checkpoint(
+                    {
+                        "model": searcher.state_dict(),
+                        "rng": rng_state(),
+                        "epoch": epoch + 1,
+                        "history": history,
+                        "best": best,
+                        "config": cfg_dict,
+                        "code_digest": digest,
+                        "mlflow_run_id": run_id,
+                    },
+                    ckpt,
+                )
+                _write_history(out / "history.csv", history)
+                if tracker is not None:
+                    tracker.log_metrics({k: v for k, v in row.items() if isinstance(v, float)}, step=epoch + 1)
+                    tracker.log_artifact(gdir / f"epoch{epoch + 1:03d}.json", "genotypes")
+                log.info(
+                    "search epoch %d/%d val/top1 %.2f entropy %.4f",
+                    epoch + 1,
+                    sc.epochs,
+                    row["val/top1"],
+                    row["alpha_entropy"],
+                )
+            if not history:
+                raise DataError(f"{out}: search.epochs = {sc.epochs}: nothing to search")
+            from methods.bnas.search import derive_genotype
+
+            imagenet = derive_genotype(
+                net.alphas_normal,
+                net.alphas_reduce,
+                net.primitives,
+                net.steps,
+                exclude_zeroise=sc.no_zeroise,
+                gamma=sc.gamma,
+                official_gamma_bug=sc.official_gamma_bug,
+            )
+            result = {
+                "genotype": best["genotype"],
+                "epoch": best["epoch"],
+                "val_top1": best["val_top1"],
+                "selection": "start-of-epoch (release)" if sc.official_genotype_offset else "end-of-epoch",
+                "genotype_final": _genotype_dict(searcher.genotype(exclude_zeroise=sc.no_zeroise)),
+                "genotype_imagenet": _genotype_dict(imagenet),
+                "gamma": sc.gamma,
+            }
+            atomic_write_json(out / "genotype.json", result)
+            plot_alphas(net.alphas_normal, net.alphas_reduce, net.primitives, out / "alphas.png")
+            last = history[-1]
+            metrics = {
+                "search/val_top1": last["val/top1"],
+                "search/best_val_top1": best["val_top1"],
+                "search/best_epoch": best["epoch"],
+                "search/alpha_entropy": last["alpha_entropy"],
+                "perf/search_s": sum(r["perf/epoch_s"] for r in history),
+                "perf/peak_mem_mb": peak_memory_mb(dev),
+            }
+            atomic_write_json(out / "metrics.json", metrics)
+            atomic_write_text(out / "genotype.txt", json.dumps(best["genotype"]) + "\n")
+            if tracker is not None:
+                tracker.log_metrics(metrics, step=sc.epochs)
+                for name in ("genotype.json", "alphas.png", "config.yaml", "history.csv", "metrics.json"):
+                    tracker.log_artifact(out / name)
+            status = "FINISHED"
+            return metrics
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            if tracker is not None:
+                tracker.end(status)
+    finally:
+        teardown_runtime(rt)
