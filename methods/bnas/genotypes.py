@@ -156,7 +156,7 @@ def genotype_to_json(g: Genotype) -> str:
 
 
 def genotype_from_json(text_or_path: str | Path) -> Genotype:
-    """Parse and validate a genotype from JSON text or a `genotype.json` path.
+    """Parse and validate a genotype from JSON text or a `genotype.json` path (a bare genotype or a search result).
 
     Raises:
         GenotypeError: unreadable or malformed.
@@ -169,6 +169,8 @@ def genotype_from_json(text_or_path: str | Path) -> Genotype:
         text = path.read_text()
     try:
         d = json.loads(text)
+        if isinstance(d, dict) and "genotype" in d:  # a `bnas search` result: {"genotype": {...}, "epoch": ...}
+            d = d["genotype"]
         g = Genotype(
             tuple((str(p[0]), p[1]) for p in d["normal"]),
             tuple(d["normal_concat"]),

@@ -41,6 +41,7 @@ def test_search_writes_genotype_and_resumes_exactly_after_sigkill(cifar_cache, t
     g = genotype_from_json(json.dumps(result["genotype"]))
     assert isinstance(g, Genotype) and 1 <= result["epoch"] <= 3 and result["selection"] == "end-of-epoch"
     genotype_from_json(json.dumps(result["genotype_imagenet"]))
+    assert genotype_from_json(out / "genotype.json") == g  # the train stage reads the search result directly
     assert len(list((out / "genotypes").glob("epoch*.json"))) == 3
     assert (out / "alphas.png").read_bytes()[:4] == b"\x89PNG"
     hist = _history(out / "history.csv")
