@@ -205,7 +205,7 @@ def test_imagenet_folder_layout_and_transforms(data_root, tmp_path):
     # greyscale JPEGs come out as 3-channel RGB
     grey = next(p for p in sorted((root / "train").rglob("*.JPEG")) if Image.open(p).mode != "RGB")
     ds = train.loader.dataset
-    i = [s[0] for s in ds.samples].index(str(grey))
+    i = [Path(s[0]).resolve() for s in ds.samples].index(grey.resolve())
     assert ds[i][0].shape == (3, 224, 224)
 
 
