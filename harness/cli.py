@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,51 @@ class _Group(click.Group):
             raise click.ClickException(str(e)) from None
 
 
-def _overrides(seed: int | None, sets: tuple[str, ...]) -> dict[str, Any]:
+def _overrides(seed: int | None, sets: tuple[str, ...], group: str = "train") -> dict[str, Any]:
     from harness.config import parse_override
 
     out = dict(parse_override(s) for s in sets)
     if seed is not None:
-        out["train.seed"] = seed
+        out[f"{group}.seed"] = seed
     return out
+
+
+def _run_options(group: str, out_example: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options every run command shares: --params, --data, --out, --seed, --resume, -S."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        options = [
+            click.option(
+                "--params",
+                type=click.Path(path_type=Path),
+                default=Path("pipelines/params.yaml"),
+                show_default=True,
+                help=PARAMS_HELP,
+            ),
+            click.option(
+                "--data", type=click.Path(path_type=Path), required=True, help="Prepared dataset (from `bnas prepare`)."
+            ),
+            click.option(
+                "--out", type=click.Path(path_type=Path), required=True, help=f"Run folder, e.g. {out_example}."
+            ),
+            click.option("--seed", type=int, default=None, help=f"Override {group}.seed."),
+            click.option(
+                "--resume", is_flag=True, help="Continue from <out>/checkpoint.pt if it exists (and fits the config)."
+            ),
+            click.option(
+                "-S",
+                "--set",
+                "sets",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help=f"Override a param, e.g. -S {group}.epochs=2.",
+            ),
+        ]
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+
+    return wrap
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -96,18 +135,7 @@ def prepare(dataset: str, source: Path | None, out: Path, params: Path | None, d
 
 
 @cli.command()
-@click.option(
-    "--params",
-    type=click.Path(path_type=Path),
-    default=Path("pipelines/params.yaml"),
-    show_default=True,
-    help=PARAMS_HELP,
-)
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Prepared dataset (from `bnas prepare`).")
-@click.option(
-    "--out", type=click.Path(path_type=Path), required=True, help="Run folder, e.g. runs/cifar10/resnet18_cifar/seed0."
-)
-@click.option("--seed", type=int, default=None, help="Override train.seed.")
+@_run_options("train", "runs/cifar10/resnet18_cifar/seed0")
 @click.option("--method", default=None, help="Method name for tags and run names (default: the model name).")
 @click.option("--recipe", default="", help="Apply params group recipes.<NAME> over train (before any -S).")
 @click.option(
@@ -115,10 +143,6 @@ def prepare(dataset: str, source: Path | None, out: Path, params: Path | None, d
     type=click.Path(path_type=Path),
     default=None,
     help="Initialise the model from this model.pt (e.g. stage 1 of a two-stage recipe).",
-)
-@click.option("--resume", is_flag=True, help="Continue from <out>/checkpoint.pt if it exists (and fits the config).")
-@click.option(
-    "-S", "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a param, e.g. -S train.epochs=2."
 )
 def train(
     params: Path,
@@ -146,30 +170,12 @@ def train(
 
 
 @cli.command()
-@click.option(
-    "--params",
-    type=click.Path(path_type=Path),
-    default=Path("pipelines/params.yaml"),
-    show_default=True,
-    help=PARAMS_HELP,
-)
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Prepared CIFAR-10 (from `bnas prepare`).")
-@click.option(
-    "--out", type=click.Path(path_type=Path), required=True, help="Search folder, e.g. runs/cifar10/search/seed2."
-)
-@click.option("--seed", type=int, default=None, help="Override search.seed.")
-@click.option("--resume", is_flag=True, help="Continue from <out>/checkpoint.pt if it exists (and fits the config).")
-@click.option(
-    "-S", "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a param, e.g. -S search.epochs=2."
-)
+@_run_options("search", "runs/cifar10/search/seed2")
 def search(params: Path, data: Path, out: Path, seed: int | None, resume: bool, sets: tuple[str, ...]) -> None:
     """BNAS architecture search on the recorded 25k/25k split; writes genotype.json and the alphas heatmap."""
-    from harness.config import load_config, parse_override
+    from harness.config import load_config
 
-    overrides = dict(parse_override(s) for s in sets)
-    if seed is not None:
-        overrides["search.seed"] = seed
-    cfg = load_config(params, overrides, recipe="")
+    cfg = load_config(params, _overrides(seed, sets, "search"), recipe="")
     from harness.searching import run_search
 
     click.echo(json.dumps(run_search(cfg, data, out, resume=resume), sort_keys=True))
