@@ -9,6 +9,8 @@ Policies (named, printed and stored with every run):
   BN, pooling, adds and scale multiplies are not counted. OPs = FLOPs + BOPs / 64.
 - "bireal_scales": as "bireal", plus one real multiply per output element of every binary conv with an output scale
   (XNOR-Net++'s Gamma) as FLOPs: the cost nobody counts in the papers.
+- "binary_weights": a conv counts as BOPs when its weights are binary, even with a real input: the convention under
+  which BNAS-D's residual 2x2 convs (binary weights in the first release) are binary and its FLOPs come to ~1.48e8.
 - "all_conv_binary": every Conv2d counts as BOPs, only Linear as FLOPs (the convention of the bnn package README, which
   counts even the real stem as binary) — for comparison with such figures only.
 Memory = 1 bit per binary weight + 32 bits per real parameter (Bi-Real convention).
@@ -32,6 +34,8 @@ POLICIES: dict[str, str] = {
     "bireal": "BOPs = binary-input x binary-weight conv MACs; FLOPs = other conv/linear MACs; OPs = FLOPs + BOPs/64",
     "bireal_scales": "bireal + one FLOP per output element of every scaled binary conv (XNOR-Net++ Gamma)",
     "all_conv_binary": "every Conv2d MAC is a BOP (bnn README convention); Linear MACs are FLOPs",
+    "binary_weights": "BOPs = MACs of every conv with binary weights, real input or not (the BNAS tables' reading); "
+    "FLOPs = the rest",
 }
 DEFAULT_POLICY = "bireal"
 
@@ -135,6 +139,9 @@ def profile_model(
             binary = _is_binary(m)
             if policy == "all_conv_binary":
                 bops, flops = (macs, 0) if kind == "conv" else (0, macs)
+            elif policy == "binary_weights":
+                wbin = isinstance(m, BinaryConv2d) and m.binary_weight
+                bops, flops = (macs, 0) if wbin else (0, macs)
             else:
                 bops, flops = (macs, 0) if binary else (0, macs)
                 if policy == "bireal_scales" and binary and getattr(m, "scale", None) is not None:

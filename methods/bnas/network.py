@@ -11,6 +11,10 @@ feeds Zeroise is not run (its output is unused, so the network's output is uncha
 
 Real (full precision): stem convs, the reduction cells' residual 2x2 convs, the classifier. Binary: every cell conv
 (preprocessing and ops) with XNOR weights (centred, clamped, alpha*sign, BNAS gradient rescale) on sign() inputs.
+
+Release switches (bnas.md §8): `official_fp_tail=True` leaves the last two cell convs with FP weights (the BinOp index
+bug at HEAD; their inputs stay binary); `binary_res_weights=True` binarises the residual convs' weights (their input
+stays real), as the first release did — the convention the published BNAS FLOPs assume.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from timm.layers import SelectAdaptivePool2d, drop_path
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from methods.binary import BinaryConv2d
 from methods.bnas.genotypes import Genotype, genotype_from_json, get_genotype
-from methods.bnas.operations import OPS, BinConvBlock
+from methods.bnas.operations import OPS, BinConvBlock, xnor_weight_quantizer
 
 __all__ = ["BnasCell", "BnasNetwork", "bnas_a", "bnas_d", "bnas_e", "bnas_f", "bnas_g", "bnas_h"]
 
@@ -42,6 +47,7 @@ class BnasCell(nn.Module):
         first: bool,
         skip: bool = True,
         reduce_pre_affine: bool = False,
+        binary_res_weights: bool = False,
     ) -> None:
         super().__init__()
         self.reduction = reduction
@@ -61,7 +67,12 @@ class BnasCell(nn.Module):
         self.has_skip = skip and not first
         self.preprocess_res: nn.Module | None = None
         if self.has_skip and reduction:
-            self.preprocess_res = nn.Sequential(nn.BatchNorm2d(c_p), nn.Conv2d(c_p, 4 * c, 2, 2, bias=True))
+            res = (
+                BinaryConv2d(c_p, 4 * c, 2, 2, bias=True, weight_quantizer=xnor_weight_quantizer())
+                if binary_res_weights
+                else nn.Conv2d(c_p, 4 * c, 2, 2, bias=True)
+            )
+            self.preprocess_res = nn.Sequential(nn.BatchNorm2d(c_p), res)
         # which states are read by a non-Zeroise op (dead preprocessing is skipped)
         self._used = {j for name, j in ops if name != "none"}
 
@@ -129,6 +140,8 @@ class BnasNetwork(nn.Module):
         in_chans: int = 3,
         global_pool: str = "avg",
         drop_rate: float = 0.0,
+        binary_res_weights: bool = False,
+        official_fp_tail: bool = False,
         **_: Any,
     ) -> None:
         super().__init__()
@@ -162,12 +175,26 @@ class BnasNetwork(nn.Module):
                 c_curr *= 2
             cells.append(
                 BnasCell(
-                    g, c_pp, c_p, c_curr, reduction, reduction_prev, first=i == 0, skip=skip, reduce_pre_affine=imagenet
+                    g,
+                    c_pp,
+                    c_p,
+                    c_curr,
+                    reduction,
+                    reduction_prev,
+                    first=i == 0,
+                    skip=skip,
+                    reduce_pre_affine=imagenet,
+                    binary_res_weights=binary_res_weights,
                 )
             )
             reduction_prev = reduction
             c_pp, c_p = c_p, 4 * c_curr
         self.cells = nn.ModuleList(cells)
+        if official_fp_tail:  # the release's BinOp index bug: the last (number of res convs) convs keep FP weights
+            n_res = sum(c.preprocess_res is not None for c in cells)
+            cell_convs = [m for m in self.cells.modules() if isinstance(m, BinaryConv2d) and m.binary_input]
+            for m in cell_convs[len(cell_convs) - n_res :]:
+                m.weight_quantizer = None
         self.num_features = self.head_hidden_size = c_p
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
         self.classifier = nn.Linear(c_p, num_classes) if num_classes > 0 else nn.Identity()

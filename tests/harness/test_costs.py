@@ -98,3 +98,14 @@ def test_profile_cli_json_and_table():
     assert res.exit_code == 0 and "OPs = FLOPs + BOPs/64" in res.output and "layer4.1.conv2" in res.output
     res = CliRunner().invoke(cli, ["profile", "nope_net"])
     assert res.exit_code != 0 and "unknown model 'nope_net'" in res.output
+
+
+def test_bnas_d_flops_under_the_release_convention():
+    """Poster: BNAS-D ~1.48e8 FLOPs, reached only when the residual 2x2 convs count as binary (first release)."""
+    release = profile_model(timm.create_model("bnas_d", binary_res_weights=True), (3, 224, 224), "binary_weights")
+    assert release.ops == pytest.approx(1.48e8, rel=0.01)
+    assert release.bops == pytest.approx(2.93e9 + 2.06e8, rel=0.01)  # cell BOPs + residual convs (bnas.md §6.2)
+    head = profile_model(timm.create_model("bnas_d"), (3, 224, 224))  # HEAD: FP residual convs, papers' policy
+    assert head.bops == pytest.approx(2.93e9, rel=0.01) and head.flops == pytest.approx(
+        0.975e8 + 0.01e8 + 2.06e8, rel=0.01
+    )

@@ -194,3 +194,20 @@ def test_one_search_step_on_real_cifar(cifar_cache):
     s.genotype().validate()
     s.new_epoch(1)  # cosine from 0.025 towards 0.001 over 2 epochs: halfway
     assert s.w_opt.param_groups[0]["lr"] == pytest.approx(0.013)
+
+
+def test_release_switches_fp_tail_and_binary_res_weights():
+    from methods.binary import BinaryConv2d
+
+    a = timm.create_model("bnas_a", official_fp_tail=True)
+    fp = [n for n, m in a.named_modules() if isinstance(m, BinaryConv2d) and m.binary_input and not m.binary_weight]
+    assert fp == ["cells.19.ops.1.conv", "cells.19.ops.2.conv"]  # the last cell's bin_dil_conv_3x3 and bin_conv_3x3
+    assert not [
+        n
+        for n, m in timm.create_model("bnas_a").named_modules()
+        if isinstance(m, BinaryConv2d) and m.binary_input and not m.binary_weight
+    ]
+    r = timm.create_model("bnas_a", binary_res_weights=True)
+    assert sum(p.numel() for p in r.parameters()) == 5_578_252
+    res = r.cells[6].preprocess_res[1]
+    assert isinstance(res, BinaryConv2d) and res.binary_weight and not res.binary_input
