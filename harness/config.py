@@ -117,6 +117,10 @@ class SearchConfig:
     official_entropy_bug: bool = False  # release: the reduce entropy reads the last edge 14 times (bnas.md §8.3)
     official_gamma_bug: bool = False  # release: gamma divides row 0 instead of the Zeroise column (bnas.md §8.4)
     official_genotype_offset: bool = False  # release: keep the best epoch's START-of-epoch genotype (bnas.md §8.6)
+    official_fp_tail: bool = False  # release BinOp index bug: the last 18 supernet convs keep FP weights (§8.1)
+    official_stale_filter: bool = False  # first release: preprocess and res conv weights binarised in search (§8.2)
+    official_lr_offset: bool = False  # release: scheduler stepped before each epoch, so epoch e uses cosine(e + 1)
+    supernet: Literal["shared", "reference"] = "shared"  # shared: BN/sign/pools once per state (same math, faster)
 
 
 @dataclass(frozen=True)

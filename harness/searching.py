@@ -89,9 +89,16 @@ def run_search(
         val_loader = CifarLoader(va_x, va_y, sc.batch_size, train=True, seed=sc.seed + 1, device=dev)
         eval_loader = CifarLoader(va_x, va_y, max(sc.batch_size, 256), train=False, device=dev)
         torch.manual_seed(sc.seed)
-        net = SuperNet(sc.init_channels, sc.layers, num_classes=10, no_zeroise=sc.no_zeroise, skip=not sc.no_skip).to(
-            dev
-        )
+        net = SuperNet(
+            sc.init_channels,
+            sc.layers,
+            num_classes=10,
+            no_zeroise=sc.no_zeroise,
+            skip=not sc.no_skip,
+            impl=sc.supernet,
+            official_fp_tail=sc.official_fp_tail,
+            binary_preprocess=sc.official_stale_filter,
+        ).to(dev)
         searcher = BnasSearcher(
             net,
             epochs=sc.epochs,
@@ -105,6 +112,7 @@ def run_search(
             lam=sc.lam,
             tau=sc.tau,
             official_entropy_bug=sc.official_entropy_bug,
+            official_lr_offset=sc.official_lr_offset,
         )
         cfg_dict, digest = config_to_dict(cfg), code_digest()
         ckpt = out / "checkpoint.pt"

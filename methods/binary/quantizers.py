@@ -135,25 +135,31 @@ GradMode = Literal["ste", "exact", "xnor_rescale"]
 
 class _XnorWeightFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w: torch.Tensor, mode: str) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, w: torch.Tensor, mode: str, pow2: bool, rows: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
         alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+        if pow2:
+            alpha = torch.exp2(torch.round(torch.log2(alpha)))
         s = binary_sign(w)
-        ctx.save_for_backward(w, s, alpha)
+        ctx.save_for_backward(w, s, alpha, rows)
         ctx.mode = mode
-        return alpha * s
+        wb = alpha * s
+        return wb if rows is None else torch.where(rows.view(-1, 1, 1, 1), wb, w)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        w, s, alpha = ctx.saved_tensors
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # type: ignore[override]
+        w, s, alpha, rows = ctx.saved_tensors
         if ctx.mode == "ste":
-            return g * (w.abs() <= 1.0).to(g.dtype), None
-        # d(alpha * sign(W))/dW with an identity STE on sign: alpha*g + sign(W) * mean_filter(sign(W) * g)
-        grad = alpha * g + s * (s * g).mean(dim=(1, 2, 3), keepdim=True)
-        if ctx.mode == "xnor_rescale":
-            c_in = w.shape[1]
-            n = w[0].numel()
-            grad = grad * (n * (1.0 - 1.0 / c_in))
-        return grad, None
+            grad = g * (w.abs() <= 1.0).to(g.dtype)
+        else:
+            # d(alpha * sign(W))/dW with an identity STE on sign: alpha*g + sign(W) * mean_filter(sign(W) * g)
+            grad = alpha * g + s * (s * g).mean(dim=(1, 2, 3), keepdim=True)
+            if ctx.mode == "xnor_rescale":
+                c_in = w.shape[1]
+                n = w[0].numel()
+                grad = grad * (n * (1.0 - 1.0 / c_in))
+        if rows is not None:
+            grad = torch.where(rows.view(-1, 1, 1, 1), grad, g)
+        return grad, None, None, None
 
 
 @register_quantizer("xnor_weight")
@@ -171,6 +177,13 @@ class XnorWeight(nn.Module):
       - "xnor_rescale": "exact" times n*(1 - 1/C_in), n = C_in*k*k: XNOR-Net-PyTorch's `updateBinaryGradWeight`,
         used by BNAS (bnas.md §1.2). It is a large per-layer gradient multiplier (1296 for a 144-channel 3x3 conv).
 
+    Two attributes exist for grouped weights and for tests:
+      - `binary_rows`: an optional bool tensor over output filters; filters where it is False stay full precision
+        (not centred, clamped or binarised; plain gradient). Used to keep a grouped weight tensor equal to separate
+        convs of which some are FP (the release's BinOp index bug, bnas.md §8.1).
+      - `pow2_scale` (test only): round alpha to a power of two, so that binary sums are exact in float64 and two
+        implementations of the same math can be compared without ReLU/sign ties (search_performance.md).
+
     Reference: Rastegari et al., "XNOR-Net", ECCV 2016, arXiv 1603.05279.
     """
 
@@ -181,15 +194,25 @@ class XnorWeight(nn.Module):
         if grad not in ("ste", "exact", "xnor_rescale"):
             raise ValueError(f"grad must be 'ste', 'exact' or 'xnor_rescale', got {grad!r}")
         self.center, self.clamp, self.grad = center, clamp, grad
+        self.pow2_scale = False
+        self.binary_rows: torch.Tensor | None = None
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        rows = self.binary_rows
+        if rows is not None and rows.device != w.device:
+            rows = self.binary_rows = rows.to(w.device)
         if self.center or self.clamp:
             with torch.no_grad():
+                v = w
                 if self.center:
-                    w.sub_(w.mean(dim=1, keepdim=True))
+                    v = v - v.mean(dim=1, keepdim=True)
                 if self.clamp:
-                    w.clamp_(-1.0, 1.0)
-        return _XnorWeightFn.apply(w, self.grad)
+                    v = v.clamp(-1.0, 1.0)
+                if rows is None:
+                    w.copy_(v)
+                else:
+                    w.copy_(torch.where(rows.view(-1, 1, 1, 1), v, w))
+        return _XnorWeightFn.apply(w, self.grad, self.pow2_scale, rows)
 
     def extra_repr(self) -> str:
         return f"center={self.center}, clamp={self.clamp}, grad={self.grad}"

@@ -94,7 +94,10 @@ class BnasSearcher:
     Per iteration: (1) an architecture step on a validation batch: Adam on the alphas with
     CE - lambda * H * exp(-epoch / tau), gradients taken w.r.t. the alphas only; (2) a weight step on a training batch:
     SGD (momentum, weight decay, no clipping) on the weights with plain CE, gradients w.r.t. the weights only. XNOR
-    binarisation and its gradient rescale happen inside the binary convs' weight quantizers.
+    binarisation and its gradient rescale happen inside the binary convs' weight quantizers: the latent weights are
+    centred and clamped in place before each of the two forward passes, where the release does it once per iteration.
+    The arch step does not change the weights, so the second centring only removes the float rounding residue of the
+    first (a change of the order of 1e-9); the binary weights and gradients are the release's.
 
     Interface: `new_epoch(epoch)`, `step(train_batch, val_batch)`, `genotype()`, `state_dict()`/`load_state_dict()`.
     """
@@ -114,10 +117,12 @@ class BnasSearcher:
         lam: float = 1.0,
         tau: float = 7.7,
         official_entropy_bug: bool = False,
+        official_lr_offset: bool = False,
     ) -> None:
         self.net = supernet
         self.epochs, self.lam, self.tau = epochs, lam, tau
         self.official_entropy_bug = official_entropy_bug
+        self.official_lr_offset = official_lr_offset
         self.w_params = supernet.weight_parameters()
         self.a_params = supernet.arch_parameters()
         self.w_opt = torch.optim.SGD(self.w_params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -127,10 +132,12 @@ class BnasSearcher:
 
     def new_epoch(self, epoch: int) -> None:
         """Set the epoch (for the regulariser weight) and the weights' cosine learning rate for it (per epoch, from
-        lr at epoch 0 towards lr_min, as the release's CosineAnnealingLR)."""
+        lr at epoch 0 towards lr_min, as the release's CosineAnnealingLR). With `official_lr_offset` epoch e uses the
+        value of epoch e + 1, as the release does by stepping its scheduler at the start of every epoch (bnas.md §4)."""
         self.epoch = epoch
+        t = epoch + 1 if self.official_lr_offset else epoch
         for g in self.w_opt.param_groups:
-            g["lr"] = _cosine(self.lr, self.lr_min, epoch, self.epochs)
+            g["lr"] = _cosine(self.lr, self.lr_min, t, self.epochs)
 
     def arch_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(objective, CE, logits) of the architecture step on a validation batch."""

@@ -1,25 +1,51 @@
 """The BNAS search supernet: a softmax-weighted MixedOp over S_B on every edge, alphas shared per cell type.
 
 Kim, Singh, Choi, "Learning Architectures for Binary Networks", ECCV 2020, arXiv 2002.06963 (bnas.md §3-4).
-This is the straightforward per-op implementation (every op of every edge computed on its own, as the release does,
-except that Zeroise is not computed: its output is zero and the alpha gradients still flow through the softmax). It is
-the reference that faster implementations must match.
 
 Search-time ops: Zeroise; max/avg pool 3x3 each followed by BN(affine=False); binary convs BN(affine=False) -> sign ->
 conv (XNOR weights) -> ReLU. Preprocessing is full precision (BN -> conv -> ReLU, affine=False). The T_B skip is present
 as in the final networks (`skip=False` removes it).
+
+Two cell implementations of the same math:
+- `impl="reference"` (:class:`SearchCell`): every op of every edge computed on its own, as the release does, except
+  that Zeroise is not computed (its output is zero; the alpha gradients still flow through the softmax).
+- `impl="shared"` (:class:`methods.bnas.supernet_shared.SharedSearchCell`, the default of `bnas search`): BN+sign and
+  each pool+BN computed once per input state, one conv call per (input state, kernel type) with the weights of all
+  edges that read the state grouped along the output channels (search_performance.md techniques 1-3). The tests check
+  that outputs, losses and the gradients of weights and alphas equal the reference's (float64, power-of-two scale).
+
+Release switches (bnas.md §8):
+- `official_fp_tail`: the BinOp index bug leaves the last N convs in module order with FP weights, N = the number of
+  preprocess and res convs (18 at the paper configuration: nearly all convs on the edges into node 3 of the last cell);
+  their inputs stay binary.
+- `binary_preprocess`: the first release's stale-name filter binarised the weights of the preprocess convs and of the
+  reduction cells' res convs in the search network (inputs stay real).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods.binary import BinaryConv2d, XnorWeight
 from methods.bnas.genotypes import PRIMITIVES
-from methods.bnas.operations import BinConvBlock
+from methods.bnas.operations import BinConvBlock, xnor_weight_quantizer
 
-__all__ = ["FPConvBlock", "MixedOp", "SearchCell", "SuperNet", "num_edges"]
+__all__ = [
+    "CONV_OPS",
+    "FPConvBlock",
+    "MixedOp",
+    "SearchCell",
+    "SuperNet",
+    "conv_geometry",
+    "num_edges",
+    "edge_index",
+]
+
+CONV_OPS = ("bin_dil_conv_3x3", "bin_dil_conv_5x5", "bin_conv_3x3", "bin_conv_5x5")
 
 
 def num_edges(steps: int = 4) -> int:
@@ -27,13 +53,35 @@ def num_edges(steps: int = 4) -> int:
     return sum(2 + i for i in range(steps))
 
 
-class FPConvBlock(nn.Module):
-    """Full-precision BN -> conv -> ReLU (the release's search-time ReLUConvBN, affine=False)."""
+def edge_index(node: int, state: int) -> int:
+    """DARTS edge order: the edge from state `state` (0 = c_{k-2}, 1 = c_{k-1}, 2.. = nodes) into node `node`."""
+    return sum(2 + i for i in range(node)) + state
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = False) -> None:
+
+def conv_geometry(name: str) -> tuple[int, int, int]:
+    """(kernel, dilation, padding) of a binary conv op of S_B."""
+    k, dil = (3 if name.endswith("3x3") else 5), (2 if "dil" in name else 1)
+    return k, dil, dil * (k - 1) // 2
+
+
+class FPConvBlock(nn.Module):
+    """BN -> conv -> ReLU (the release's search-time ReLUConvBN, affine=False), FP unless `binary_weight`."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int,
+        stride: int,
+        padding: int,
+        affine: bool = False,
+        binary_weight: bool = False,
+    ) -> None:
         super().__init__()
         self.bn = nn.BatchNorm2d(c_in, affine=affine)
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False)
+        self.conv = BinaryConv2d(
+            c_in, c_out, kernel, stride, padding, weight_quantizer=xnor_weight_quantizer() if binary_weight else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.conv(self.bn(x)))
@@ -46,8 +94,7 @@ def _search_op(name: str, c: int, stride: int) -> nn.Module | None:
         return nn.Sequential(nn.MaxPool2d(3, stride, 1), nn.BatchNorm2d(c, affine=False))
     if name == "avg_pool_3x3":
         return nn.Sequential(nn.AvgPool2d(3, stride, 1, count_include_pad=False), nn.BatchNorm2d(c, affine=False))
-    k, dil = (3 if name.endswith("3x3") else 5), (2 if "dil" in name else 1)
-    pad = dil * (k - 1) // 2
+    k, dil, pad = conv_geometry(name)
     return BinConvBlock(c, c, k, stride, pad, dil, affine=False)
 
 
@@ -73,9 +120,17 @@ class MixedOp(nn.Module):
         assert out is not None
         return out
 
+    def op(self, name: str) -> nn.Module:
+        """The module of op `name` on this edge (not Zeroise)."""
+        return self.ops[self.op_index.index(self.primitives.index(name))]
 
-class SearchCell(nn.Module):
-    """A search cell of template T_B: 4 nodes, each the sum of MixedOps over all its predecessors."""
+    def conv(self, name: str) -> BinaryConv2d:
+        """The binary conv of op `name` on this edge."""
+        return self.op(name).conv
+
+
+class SearchCellBase(nn.Module):
+    """What both cell implementations share: preprocessing, the node layout and the T_B skip."""
 
     def __init__(
         self,
@@ -88,20 +143,47 @@ class SearchCell(nn.Module):
         skip: bool = True,
         primitives: tuple[str, ...] = PRIMITIVES,
         steps: int = 4,
+        binary_preprocess: bool = False,
     ) -> None:
         super().__init__()
-        self.reduction = reduction
-        self.steps = steps
-        self.preprocess0 = FPConvBlock(c_pp, c, 3, 2, 1) if reduction_prev else FPConvBlock(c_pp, c, 1, 1, 0)
-        self.preprocess1 = FPConvBlock(c_p, c, 1, 1, 0)
-        self.edges = nn.ModuleList()
-        for i in range(steps):
-            for j in range(2 + i):
-                self.edges.append(MixedOp(c, 2 if reduction and j < 2 else 1, primitives))
+        self.reduction, self.steps, self.c, self.primitives = reduction, steps, c, primitives
+        b = binary_preprocess
+        if reduction_prev:
+            self.preprocess0 = FPConvBlock(c_pp, c, 3, 2, 1, binary_weight=b)
+        else:
+            self.preprocess0 = FPConvBlock(c_pp, c, 1, 1, 0, binary_weight=b)
+        self.preprocess1 = FPConvBlock(c_p, c, 1, 1, 0, binary_weight=b)
         self.has_skip = skip and not first
         self.preprocess_res: nn.Module | None = None
         if self.has_skip and reduction:
-            self.preprocess_res = nn.Sequential(nn.BatchNorm2d(c_p), nn.Conv2d(c_p, 4 * c, 2, 2, bias=True))
+            res = BinaryConv2d(c_p, 4 * c, 2, 2, bias=True, weight_quantizer=xnor_weight_quantizer() if b else None)
+            self.preprocess_res = nn.Sequential(nn.BatchNorm2d(c_p), res)
+
+    def stride(self, state: int) -> int:
+        """Stride of the edges leaving input state `state` (2 for the cell inputs of a reduction cell)."""
+        return 2 if self.reduction and state < 2 else 1
+
+    def finish(self, nodes: list[torch.Tensor], s1: torch.Tensor) -> torch.Tensor:
+        """Concat of the last 4 nodes plus the T_B skip from c_{k-1}."""
+        out = torch.cat(nodes[-4:], dim=1)
+        if not self.has_skip:
+            return out
+        return out + (self.preprocess_res(s1) if self.preprocess_res is not None else s1)
+
+    def set_fp(self, edge: int, op: str) -> None:
+        """Keep the weights of op `op` on edge `edge` full precision (the release's BinOp index bug)."""
+        raise NotImplementedError
+
+
+class SearchCell(SearchCellBase):
+    """The reference search cell of template T_B: 4 nodes, each the sum of MixedOps over all its predecessors."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.edges = nn.ModuleList()
+        for i in range(self.steps):
+            for j in range(2 + i):
+                self.edges.append(MixedOp(self.c, self.stride(j), self.primitives))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
@@ -110,10 +192,10 @@ class SearchCell(nn.Module):
             s = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
             offset += len(states)
             states.append(s)
-        out = torch.cat(states[-4:], dim=1)
-        if not self.has_skip:
-            return out
-        return out + (self.preprocess_res(s1) if self.preprocess_res is not None else s1)
+        return self.finish(states, s1)
+
+    def set_fp(self, edge: int, op: str) -> None:
+        self.edges[edge].conv(op).weight_quantizer = None
 
 
 class SuperNet(nn.Module):
@@ -124,6 +206,9 @@ class SuperNet(nn.Module):
         layers: number of cells.
         no_zeroise: remove Zeroise from the search space (the "No Zeroise" ablation).
         skip: keep the T_B skip connections (False: "No Skip").
+        impl: "shared" (BN+sign and pools once per input state, grouped convs) or "reference" (per-op).
+        official_fp_tail: release BinOp index bug: the last N convs keep FP weights (module docstring).
+        binary_preprocess: first-release stale-name filter: preprocess and res conv weights binarised.
     """
 
     def __init__(
@@ -135,8 +220,20 @@ class SuperNet(nn.Module):
         skip: bool = True,
         steps: int = 4,
         stem_multiplier: int = 3,
+        impl: Literal["shared", "reference"] = "shared",
+        official_fp_tail: bool = False,
+        binary_preprocess: bool = False,
     ) -> None:
         super().__init__()
+        if impl == "shared":
+            from methods.bnas.supernet_shared import SharedSearchCell
+
+            cell_cls: type[SearchCellBase] = SharedSearchCell
+        elif impl == "reference":
+            cell_cls = SearchCell
+        else:
+            raise ValueError(f"impl must be 'shared' or 'reference', got {impl!r}")
+        self.impl = impl
         self.primitives = tuple(p for p in PRIMITIVES if not (no_zeroise and p == "none"))
         self.steps = steps
         c = init_channels
@@ -149,7 +246,7 @@ class SuperNet(nn.Module):
             if reduction:
                 c_curr *= 2
             cells.append(
-                SearchCell(
+                cell_cls(
                     c_pp,
                     c_p,
                     c_curr,
@@ -159,6 +256,7 @@ class SuperNet(nn.Module):
                     skip=skip,
                     primitives=self.primitives,
                     steps=steps,
+                    binary_preprocess=binary_preprocess,
                 )
             )
             reduction_prev = reduction
@@ -169,6 +267,9 @@ class SuperNet(nn.Module):
         k = num_edges(steps)
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, len(self.primitives)))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, len(self.primitives)))
+        self.fp_convs = release_fp_tail(self) if official_fp_tail else []
+        for cell_i, edge, op in self.fp_convs:
+            self.cells[cell_i].set_fp(edge, op)
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """The architecture parameters (alphas)."""
@@ -179,6 +280,10 @@ class SuperNet(nn.Module):
         ids = {id(a) for a in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in ids]
 
+    def xnor_quantizers(self) -> list[XnorWeight]:
+        """Every XNOR weight quantizer (for test switches such as `pow2_scale`)."""
+        return [m for m in self.modules() if isinstance(m, XnorWeight)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)
         w_normal = F.softmax(self.alphas_normal, dim=-1)
@@ -186,3 +291,19 @@ class SuperNet(nn.Module):
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
         return self.classifier(self.global_pool(s1).flatten(1))
+
+
+def release_fp_tail(net: SuperNet) -> list[tuple[int, int, str]]:
+    """The convs the release's BinOp leaves FP in the search net: the last N in module order, N = the number of
+    preprocess and res convs (bnas.md §8.1). Module order per cell: preprocess0, preprocess1, res (if any), then the
+    edges in DARTS order with their conv ops in PRIMITIVES order. Returns (cell, edge, op) of the op convs among them.
+    """
+    order: list[tuple[int, int, str] | None] = []
+    n_excluded = 0
+    conv_ops = [p for p in net.primitives if p in CONV_OPS]
+    for ci, cell in enumerate(net.cells):
+        pre = 2 + (cell.preprocess_res is not None)
+        n_excluded += pre
+        order += [None] * pre
+        order += [(ci, e, op) for e in range(num_edges(net.steps)) for op in conv_ops]
+    return [t for t in order[len(order) - n_excluded :] if t is not None]

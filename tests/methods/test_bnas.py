@@ -100,7 +100,7 @@ def test_forward_backward_cifar_and_imagenet():
 import math  # noqa: E402
 
 from methods._registry import create_searcher, list_searchers  # noqa: E402
-from methods.bnas.search import derive_genotype, diversity_weight, mean_entropy  # noqa: E402
+from methods.bnas.search import BnasSearcher, derive_genotype, diversity_weight, mean_entropy  # noqa: E402
 from methods.bnas.supernet import MixedOp, SuperNet  # noqa: E402
 
 
@@ -171,25 +171,29 @@ def test_gamma_transfer_divides_the_zeroise_column_not_row_zero():
     assert sum(op == "none" for op, _ in buggy.normal) >= 6  # the release only touches edge 0
 
 
-def test_one_search_step_on_real_cifar(cifar_cache):
+def test_a_few_search_iterations_on_real_cifar(cifar_cache):
+    """Real CIFAR-10 images of both search halves: the training loss falls, the alphas and weights move."""
     from harness.data import CifarLoader, load_cifar10
 
     ds = load_cifar10(cifar_cache)
-    tr = ds.search_train_idx[:16]
-    va = ds.search_val_idx[:16]
-    train = next(iter(CifarLoader(ds.train_x[tr], ds.train_y[tr], 16, train=True)))
-    val = next(iter(CifarLoader(ds.train_x[va], ds.train_y[va], 16, train=True)))
+    tr = ds.search_train_idx[:32]
+    va = ds.search_val_idx[:32]
+    train = next(iter(CifarLoader(ds.train_x[tr], ds.train_y[tr], 32, train=False)))
+    val = next(iter(CifarLoader(ds.train_x[va], ds.train_y[va], 32, train=False)))
     torch.manual_seed(0)
-    net = SuperNet(init_channels=4, layers=5)
+    net = SuperNet(init_channels=8, layers=5)
     assert "bnas" in list_searchers()
     s = create_searcher("bnas", supernet=net, epochs=2)
     s.new_epoch(0)
     a0 = [a.detach().clone() for a in net.arch_parameters()]
     w0 = net.classifier.weight.detach().clone()
-    out = s.step(train, val)
-    assert all(math.isfinite(v) for v in out.values())
+    outs = [s.step(train, val) for _ in range(6)]
+    assert all(math.isfinite(v) for out in outs for v in out.values())
+    losses = [o["train/loss"] for o in outs]
+    assert losses[-1] < losses[0] - 0.1, losses
     assert all(not torch.equal(a, b) for a, b in zip(a0, net.arch_parameters(), strict=True))
     assert not torch.equal(w0, net.classifier.weight)
+    out = outs[-1]
     assert out["search/objective"] == pytest.approx(out["search/val_loss"] - s.entropy(), abs=1e-3)
     s.genotype().validate()
     s.new_epoch(1)  # cosine from 0.025 towards 0.001 over 2 epochs: halfway
@@ -211,3 +215,14 @@ def test_release_switches_fp_tail_and_binary_res_weights():
     assert sum(p.numel() for p in r.parameters()) == 5_578_252
     res = r.cells[6].preprocess_res[1]
     assert isinstance(res, BinaryConv2d) and res.binary_weight and not res.binary_input
+
+
+def test_release_lr_offset_uses_the_next_epochs_cosine_value():
+    net = SuperNet(init_channels=4, layers=3)
+    ours, release = BnasSearcher(net, epochs=50), BnasSearcher(net, epochs=50, official_lr_offset=True)
+    ours.new_epoch(0)
+    release.new_epoch(0)
+    assert ours.w_opt.param_groups[0]["lr"] == pytest.approx(0.025)
+    assert release.w_opt.param_groups[0]["lr"] == pytest.approx(0.001 + 0.024 * (1 + math.cos(math.pi / 50)) / 2)
+    ours.new_epoch(1)
+    assert ours.w_opt.param_groups[0]["lr"] == release.w_opt.param_groups[0]["lr"]

@@ -1,0 +1,141 @@
+"""The work-sharing search supernet against the per-op reference (search_performance.md: float64, power-of-two scale).
+
+With the XNOR scale rounded to a power of two every binary sum is exact in float64, so the two implementations may
+only differ by the rounding of the (reordered) weighted sums: outputs, losses and gradients agree to ~1e-12, and a
+disagreement of the math (a wrong weight slice, a wrong BN, a missing op) shows up at order 1.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from methods.bnas.search import BnasSearcher
+from methods.bnas.supernet import CONV_OPS, SuperNet, release_fp_tail
+from methods.bnas.supernet_shared import SharedSearchCell, copy_from_reference
+
+SWITCHES = {
+    "paper": {},
+    "no_zeroise": {"no_zeroise": True},
+    "no_skip": {"skip": False},
+    "release_bugs": {"official_fp_tail": True, "binary_preprocess": True},
+}
+
+
+def _pair(**kwargs: bool) -> tuple[SuperNet, SuperNet]:
+    torch.manual_seed(0)
+    ref = SuperNet(init_channels=4, layers=5, impl="reference", **kwargs).double()
+    shared = SuperNet(init_channels=4, layers=5, impl="shared", **kwargs).double()
+    copy_from_reference(shared, ref)
+    with torch.no_grad():  # alphas away from uniform so that every op's weight differs
+        for a in (*ref.arch_parameters(), *shared.arch_parameters()):
+            a.copy_(torch.linspace(-1, 1, a.numel(), dtype=a.dtype).view_as(a).sin())
+    for net in (ref, shared):
+        for q in net.xnor_quantizers():
+            q.pow2_scale = True
+    return ref, shared
+
+
+def _mapped_grads(
+    ref: SuperNet, shared: SuperNet, g_ref: dict, g_shared: dict
+) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, reference grad, shared grad) for every reference parameter, edge conv weights sliced out of the groups."""
+    pairs = []
+    for name, g in g_ref.items():
+        if ".edges." not in name:
+            pairs.append((name, g, g_shared[name]))
+    for ci, (rc, sc) in enumerate(zip(ref.cells, shared.cells, strict=True)):
+        assert isinstance(sc, SharedSearchCell)
+        for h, ops in enumerate(sc.state_ops):
+            for op, conv in ops.convs.items():
+                gs = g_shared[f"cells.{ci}.state_ops.{h}.convs.{op}.weight"]
+                for k, e in enumerate(sc.edge_ids[h]):
+                    gr = g_ref[_param_name(ref, rc.edges[e].conv(op).weight)]
+                    pairs.append((f"cells.{ci}.edges.{e}.{op}", gr, gs[k * sc.c : (k + 1) * sc.c]))
+    return pairs
+
+
+def _param_name(net: SuperNet, p: torch.Tensor) -> str:
+    return next(n for n, q in net.named_parameters() if q is p)
+
+
+@pytest.mark.parametrize("switches", SWITCHES.values(), ids=SWITCHES.keys())
+def test_shared_supernet_equals_the_per_op_reference(switches):
+    ref, shared = _pair(**switches)
+    x = torch.randn(6, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(6) % 10
+    losses, grads = [], []
+    for net in (ref, shared):
+        net.train()
+        loss = F.cross_entropy(net(x), y)
+        names = [n for n, _ in net.named_parameters()]
+        g = torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)
+        losses.append(loss)
+        grads.append({n: gi for n, gi in zip(names, g, strict=True) if gi is not None})
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-12, atol=0)
+    pairs = _mapped_grads(ref, shared, *grads)
+    assert len(pairs) == len(grads[0])  # every reference gradient has its counterpart
+    for name, gr, gs in pairs:
+        torch.testing.assert_close(gs, gr, rtol=1e-9, atol=1e-12, msg=name)
+    # the alphas of Zeroise get their gradient through the softmax though Zeroise is never computed
+    if not switches.get("no_zeroise"):
+        assert float(grads[1]["alphas_normal"][:, 0].abs().sum()) > 0
+    # eval mode uses the running statistics: the shared BNs must hold the same ones as the per-op BNs
+    with torch.no_grad():
+        torch.testing.assert_close(shared.eval()(x), ref.eval()(x), rtol=1e-9, atol=1e-12)
+
+
+def test_search_steps_of_both_implementations_agree():
+    """Two full BNAS iterations (XNOR centring/clamping, gradient rescale, Adam on alphas, SGD on weights)."""
+    ref, shared = _pair()
+    g = torch.Generator().manual_seed(2)
+    batches = [
+        (torch.randn(4, 3, 16, 16, dtype=torch.float64, generator=g), torch.randint(0, 10, (4,), generator=g))
+        for _ in range(4)
+    ]
+    out = []
+    for net in (ref, shared):
+        s = BnasSearcher(net, epochs=2)
+        s.new_epoch(0)
+        out.append([s.step(batches[2 * i], batches[2 * i + 1]) for i in range(2)])
+    for a, b in zip(out[0], out[1], strict=True):
+        assert a == pytest.approx(b, rel=1e-9)
+    for a, b in zip(ref.arch_parameters(), shared.arch_parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    for ci, (rc, sc) in enumerate(zip(ref.cells, shared.cells, strict=True)):
+        for e in range(14):
+            for op in CONV_OPS:
+                torch.testing.assert_close(
+                    sc.edge_weight(e, op), rc.edges[e].conv(op).weight, rtol=1e-9, atol=1e-12, msg=f"{ci}.{e}.{op}"
+                )
+
+
+def test_release_fp_tail_of_the_search_net_is_the_last_18_convs():
+    net = SuperNet(impl="reference", official_fp_tail=True)
+    fp = release_fp_tail(net)
+    assert len(fp) == 18 and {c for c, _, _ in fp} == {7}  # 16 preprocess + 2 res convs -> the last 18
+    assert {(e, op) for _, e, op in fp if e == 9} == {(9, "bin_conv_3x3"), (9, "bin_conv_5x5")}
+    assert {e for _, e, _ in fp} == {9, 10, 11, 12, 13}  # the edges into node 3 of the last cell
+    weight_fp = [m for m in net.cells[7].modules() if getattr(m, "binary_input", False) and not m.binary_weight]
+    assert len(weight_fp) == 18  # their inputs stay binary
+    assert not SuperNet(impl="reference").__dict__.get("fp_convs")
+
+
+def test_binary_preprocess_switch_binarises_preprocess_and_res_weights_only():
+    net = SuperNet(init_channels=4, layers=5, binary_preprocess=True)
+    for cell in net.cells:
+        for pre in (cell.preprocess0, cell.preprocess1):
+            assert pre.conv.binary_weight and not pre.conv.binary_input
+        if cell.preprocess_res is not None:
+            assert cell.preprocess_res[1].binary_weight and not cell.preprocess_res[1].binary_input
+    assert not any(c.preprocess0.conv.binary_weight for c in SuperNet(init_channels=4, layers=5).cells)
+
+
+def test_shared_cell_runs_one_bn_and_one_conv_per_state_and_kernel():
+    net = SuperNet(init_channels=4, layers=5)
+    cell = net.cells[0]
+    assert len(cell.state_ops) == 5 and [len(ids) for ids in cell.edge_ids] == [4, 4, 3, 2, 1]
+    assert sum(len(s.convs) for s in cell.state_ops) == 20
+    bns = [m for m in cell.state_ops.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 15  # BN before sign, after max pool and after avg pool, once per state
