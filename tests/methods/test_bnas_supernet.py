@@ -48,7 +48,7 @@ def _mapped_grads(
     for ci, (rc, sc) in enumerate(zip(ref.cells, shared.cells, strict=True)):
         assert isinstance(sc, SharedSearchCell)
         for h, ops in enumerate(sc.state_ops):
-            for op, conv in ops.convs.items():
+            for op in ops.convs:
                 gs = g_shared[f"cells.{ci}.state_ops.{h}.convs.{op}.weight"]
                 for k, e in enumerate(sc.edge_ids[h]):
                     gr = g_ref[_param_name(ref, rc.edges[e].conv(op).weight)]
