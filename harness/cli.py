@@ -183,6 +183,39 @@ def search(params: Path, data: Path, out: Path, seed: int | None, resume: bool, 
 
 @cli.command()
 @click.option(
+    "--alphas",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="alphas.json of a search (alphas_normal, alphas_reduce: 14 x 7, DARTS edge order, S_B op columns).",
+)
+@click.option(
+    "--gamma",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Divide the Zeroise weights by G before ranking (3 = the ImageNet transfer of bnas.md §4).",
+)
+@click.option(
+    "--gamma-compat-row",
+    is_flag=True,
+    help="Release bug: divide row 0 (all ops of the first edge) by G instead of the Zeroise column (bnas.md §8.4).",
+)
+@click.option("--no-zeroise", is_flag=True, help="Never choose Zeroise (the 'No Zeroise' ablation's derivation).")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="genotype.json to write.")
+def derive(alphas: Path, gamma: float, gamma_compat_row: bool, no_zeroise: bool, out: Path) -> None:
+    """Re-derive a genotype from saved alphas: per node the top-2 edges by their largest op weight, argmax op."""
+    from harness.io import atomic_write_text
+    from harness.searching import derive_from_alphas
+    from methods.bnas.genotypes import genotype_to_json
+
+    g = derive_from_alphas(alphas, gamma=gamma, gamma_compat_row=gamma_compat_row, no_zeroise=no_zeroise)
+    text = genotype_to_json(g)
+    atomic_write_text(out, text + "\n")
+    click.echo(text)
+
+
+@cli.command()
+@click.option(
     "--run",
     "run_dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -211,19 +244,32 @@ def evaluate(run_dir: Path, data: Path, out: Path | None) -> None:
     "--policy",
     default="bireal",
     show_default=True,
-    help="Counting policy: bireal (the papers' OPs = FLOPs + BOPs/64), bireal_scales, all_conv_binary.",
+    help="Counting policy: bireal (the papers' OPs = FLOPs + BOPs/64), bireal_scales, all_conv_binary, "
+    "binary_weights (binary-weight convs count as BOPs even on real inputs).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.option("--per-layer/--totals", default=True, show_default=True, help="Include the per-layer rows.")
-def profile(model: str, dataset: str, policy: str, as_json: bool, per_layer: bool) -> None:
+@click.option(
+    "-k",
+    "--model-kwarg",
+    "model_kwargs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A model argument (YAML value), e.g. -k binary_res_weights=true -k genotype=runs/search/genotype.json.",
+)
+def profile(
+    model: str, dataset: str, policy: str, as_json: bool, per_layer: bool, model_kwargs: tuple[str, ...]
+) -> None:
     """Count params, memory, BOPs, FLOPs and OPs of MODEL from a real forward pass, and audit its binarisation."""
+    from harness.config import parse_override
     from harness.costs import POLICIES, format_profile, profile_model
     from harness.models import create_model
 
     if policy not in POLICIES:
         raise BnasError(f"unknown cost policy '{policy}': expected one of {', '.join(POLICIES)}")
+    kwargs = dict(parse_override(k) for k in model_kwargs)
     classes, size = (10, 32) if dataset == "cifar10" else (1000, 224)
-    p = profile_model(create_model(model, classes), (3, size, size), policy, name=model)
+    p = profile_model(create_model(model, classes, **kwargs), (3, size, size), policy, name=model)
     click.echo(json.dumps(p.to_json(per_layer), indent=2) if as_json else format_profile(p, per_layer))
 
 

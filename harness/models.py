@@ -32,6 +32,8 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
         return timm.create_model(name, num_classes=num_classes, pretrained=False, **kwargs)
     except TypeError as e:
         raise BnasError(f"model '{name}' does not take train.model_kwargs {kwargs} ({e})") from None
+    except ValueError as e:  # e.g. a malformed genotype.json passed as model_kwargs.genotype
+        raise BnasError(f"model '{name}': {e}") from None
 
 
 def count_params(model: nn.Module) -> int:

@@ -3,7 +3,8 @@
 Run folder: `config.yaml`, `checkpoint.pt` (every epoch, atomic: supernet, both optimizers, RNG, history, best),
 `history.csv` (per epoch: losses, accuracies, mean alpha entropy, regulariser weight, genotype), `genotypes/` (the
 derived genotype and the alphas of every epoch), `genotype.json` (the result and the epoch it came from, plus the
-ImageNet-transfer genotype), `alphas.png` (heatmap of the final alphas), `metrics.json`.
+ImageNet-transfer genotype), `alphas.json` (the final alphas, the input of `bnas derive`), `alphas.png` (heatmap of the
+final alphas), `metrics.json`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from harness.errors import DataError
 from harness.io import atomic_path, atomic_write_json, atomic_write_text
 from harness.training import _config_diff, _write_history, code_digest, peak_memory_mb
 
-__all__ = ["run_search", "plot_alphas"]
+__all__ = ["run_search", "plot_alphas", "load_alphas", "derive_from_alphas", "alphas_dict"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,66 @@ def plot_alphas(
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def alphas_dict(
+    alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, primitives: tuple[str, ...]
+) -> dict[str, Any]:
+    """The alphas file format of `bnas derive`: 14 x len(primitives) nested lists, DARTS edge order, op columns."""
+    return {
+        "alphas_normal": alphas_normal.detach().cpu().tolist(),
+        "alphas_reduce": alphas_reduce.detach().cpu().tolist(),
+        "primitives": list(primitives),
+    }
+
+
+def load_alphas(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """Read an alphas file: `alphas_normal` and `alphas_reduce`, each 14 rows (DARTS edge order) of 7 columns in the
+    S_B op order (6 columns: a search without Zeroise). A `bnas search` epoch file (genotypes/epochNNN.json) works too.
+
+    Raises:
+        DataError: unreadable, missing keys, wrong shape or non-finite values.
+    """
+    from methods.bnas.genotypes import PRIMITIVES
+
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: alphas file not found") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable JSON alphas file ({e})") from None
+    if not isinstance(d, dict) or not {"alphas_normal", "alphas_reduce"} <= d.keys():
+        raise DataError(f"{path}: expected keys alphas_normal and alphas_reduce (14 x 7 nested lists)")
+    out = []
+    for key in ("alphas_normal", "alphas_reduce"):
+        try:
+            t = torch.tensor(d[key], dtype=torch.float64)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"{path}: {key}: expected a 14 x 7 nested list of numbers ({e})") from None
+        if t.dim() != 2 or t.shape[0] != 14 or t.shape[1] not in (6, 7):
+            raise DataError(f"{path}: {key}: expected 14 x 7 (or 14 x 6 without Zeroise), got {list(t.shape)}")
+        if not torch.isfinite(t).all():
+            raise DataError(f"{path}: {key}: non-finite values")
+        out.append(t)
+    if out[0].shape != out[1].shape:
+        raise DataError(f"{path}: alphas_normal {list(out[0].shape)} and alphas_reduce {list(out[1].shape)} differ")
+    prims = PRIMITIVES if out[0].shape[1] == 7 else tuple(p for p in PRIMITIVES if p != "none")
+    if "primitives" in d and tuple(d["primitives"]) != prims:
+        raise DataError(f"{path}: primitives {d['primitives']} do not match the {out[0].shape[1]} columns ({prims})")
+    return out[0], out[1], prims
+
+
+def derive_from_alphas(
+    path: str | Path, *, gamma: float = 1.0, gamma_compat_row: bool = False, no_zeroise: bool = False
+) -> Any:
+    """Re-derive a genotype from saved alphas (bnas.md §4); see :func:`methods.bnas.search.derive_genotype`."""
+    from methods.bnas.search import derive_genotype
+
+    if gamma <= 0:
+        raise DataError(f"--gamma must be positive, got {gamma}")
+    an, ar, prims = load_alphas(path)
+    return derive_genotype(an, ar, prims, exclude_zeroise=no_zeroise, gamma=gamma, official_gamma_bug=gamma_compat_row)
 
 
 def _genotype_dict(g: Any) -> dict[str, Any]:
@@ -215,8 +276,7 @@ def run_search(
                     {
                         "epoch": epoch + 1,
                         "genotype": _genotype_dict(g_end),
-                        "alphas_normal": net.alphas_normal.detach().cpu().tolist(),
-                        "alphas_reduce": net.alphas_reduce.detach().cpu().tolist(),
+                        **alphas_dict(net.alphas_normal, net.alphas_reduce, net.primitives),
                     },
                 )
                 save_checkpoint(
@@ -266,6 +326,7 @@ def run_search(
                 "gamma": sc.gamma,
             }
             atomic_write_json(out / "genotype.json", result)
+            atomic_write_json(out / "alphas.json", alphas_dict(net.alphas_normal, net.alphas_reduce, net.primitives))
             plot_alphas(net.alphas_normal, net.alphas_reduce, net.primitives, out / "alphas.png")
             last = history[-1]
             metrics = {
@@ -280,7 +341,14 @@ def run_search(
             atomic_write_text(out / "genotype.txt", json.dumps(best["genotype"]) + "\n")
             if tracker is not None:
                 tracker.log_metrics(metrics, step=sc.epochs)
-                for name in ("genotype.json", "alphas.png", "config.yaml", "history.csv", "metrics.json"):
+                for name in (
+                    "genotype.json",
+                    "alphas.json",
+                    "alphas.png",
+                    "config.yaml",
+                    "history.csv",
+                    "metrics.json",
+                ):
                     tracker.log_artifact(out / name)
             status = "FINISHED"
             return metrics

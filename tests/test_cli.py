@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from harness.cli import cli
 
 BNAS = str(Path(sys.executable).parent / "bnas")
-COMMANDS = ["prepare", "train", "evaluate", "ui"]
+COMMANDS = ["prepare", "train", "search", "derive", "evaluate", "profile", "ui"]
 
 
 def test_help_lists_every_command():
@@ -181,3 +181,50 @@ def test_two_stage_recipe_binary_activations_then_binary_weights(cifar_cache, tm
     assert "recipe: s2" in cfg2 and "s1/model.pt" in cfg2
     res = runner.invoke(cli, [*base, "--out", str(tmp_path / "x"), "--init-from", str(tmp_path / "none.pt")])
     assert res.exit_code != 0 and "none.pt" in res.output
+
+
+def test_derive_re_derives_a_genotype_from_saved_alphas(tmp_path):
+    import torch
+
+    from methods.bnas.genotypes import PRIMITIVES, genotype_from_json
+    from methods.bnas.search import derive_genotype
+
+    torch.manual_seed(0)
+    an, ar = torch.randn(14, 7), torch.randn(14, 7)
+    an[:, 0] += 1.5  # Zeroise leads on most normal edges, so gamma matters
+    alphas = tmp_path / "alphas.json"
+    alphas.write_text(json.dumps({"alphas_normal": an.tolist(), "alphas_reduce": ar.tolist()}))
+    out = {}
+    for name, extra in {"plain": [], "gamma": ["--gamma", "3"], "row": ["--gamma", "3", "--gamma-compat-row"]}.items():
+        res = CliRunner().invoke(
+            cli, ["derive", "--alphas", str(alphas), "--out", str(tmp_path / f"{name}.json"), *extra]
+        )
+        assert res.exit_code == 0, res.output
+        out[name] = genotype_from_json(tmp_path / f"{name}.json")
+    assert out["plain"] == derive_genotype(an, ar, PRIMITIVES)
+    assert out["gamma"] == derive_genotype(an, ar, PRIMITIVES, gamma=3.0)
+    assert out["row"] == derive_genotype(an, ar, PRIMITIVES, gamma=3.0, official_gamma_bug=True)
+    zeroise = [sum(op == "none" for op, _ in g.normal) for g in out.values()]
+    assert zeroise[1] < zeroise[0]  # dividing the Zeroise column removes Zeroise choices
+    assert json.loads((tmp_path / "plain.json").read_text())["sha256"]
+
+
+def test_derive_rejects_malformed_alphas_with_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"alphas_normal": [[0.0] * 7] * 13, "alphas_reduce": [[0.0] * 7] * 14}))
+    err = _bad(["derive", "--alphas", str(bad), "--out", str(tmp_path / "g.json")], tmp_path)
+    assert "alphas_normal: expected 14 x 7" in err
+    assert not (tmp_path / "g.json").exists()
+    err = _bad(["derive", "--alphas", str(tmp_path / "missing.json"), "--out", str(tmp_path / "g.json")], tmp_path)
+    assert "missing.json" in err
+
+
+def test_profile_passes_model_kwargs(tmp_path):
+    res = CliRunner().invoke(cli, ["profile", "bnas_a", "--json", "--totals"])
+    full = json.loads(res.output)
+    res = CliRunner().invoke(cli, ["profile", "bnas_a", "--json", "--totals", "-k", "layers=5", "-k", "skip=false"])
+    assert res.exit_code == 0, res.output
+    small = json.loads(res.output)
+    assert full["params_total"] == 5_578_252 and small["params_total"] < full["params_total"] / 3
+    err = _bad(["profile", "bnas_a", "-k", "genotype=nope.json"], tmp_path)
+    assert "nope.json" in err and "genotype" in err

@@ -7,6 +7,7 @@ c_{k-1}, inputs 2..5 the nodes 0..3. The cell output concatenates nodes 2..5.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import NamedTuple
@@ -18,6 +19,7 @@ __all__ = [
     "get_genotype",
     "genotype_to_json",
     "genotype_from_json",
+    "genotype_hash",
     "GenotypeError",
 ]
 
@@ -142,17 +144,24 @@ def get_genotype(name: str) -> Genotype:
     return GENOTYPES[name]
 
 
+def _fields(g: Genotype) -> dict[str, list]:
+    return {
+        "normal": [list(p) for p in g.normal],
+        "normal_concat": list(g.normal_concat),
+        "reduce": [list(p) for p in g.reduce],
+        "reduce_concat": list(g.reduce_concat),
+    }
+
+
+def genotype_hash(g: Genotype) -> str:
+    """SHA-256 of the genotype's canonical JSON (sorted keys, no spaces): its content hash."""
+    canon = json.dumps(_fields(g), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
 def genotype_to_json(g: Genotype) -> str:
-    """Serialise to JSON (lists of [op, input])."""
-    return json.dumps(
-        {
-            "normal": [list(p) for p in g.normal],
-            "normal_concat": list(g.normal_concat),
-            "reduce": [list(p) for p in g.reduce],
-            "reduce_concat": list(g.reduce_concat),
-        },
-        indent=2,
-    )
+    """Serialise to JSON (lists of [op, input]) with the content hash under "sha256"."""
+    return json.dumps({**_fields(g), "sha256": genotype_hash(g)}, indent=2)
 
 
 def genotype_from_json(text_or_path: str | Path) -> Genotype:
@@ -182,4 +191,10 @@ def genotype_from_json(text_or_path: str | Path) -> Genotype:
             f"malformed genotype JSON ({type(e).__name__}: {e}); expected keys normal, "
             f"normal_concat, reduce, reduce_concat"
         ) from None
-    return g.validate()
+    g.validate()
+    if "sha256" in d and d["sha256"] != genotype_hash(g):
+        raise GenotypeError(
+            f"genotype content hash mismatch: file says {str(d['sha256'])[:16]}..., content is "
+            f"{genotype_hash(g)[:16]}... (edited by hand? remove the sha256 key to accept the new content)"
+        )
+    return g

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from methods.bnas.genotypes import Genotype, genotype_from_json
+from methods.bnas.genotypes import Genotype, genotype_from_json, genotype_to_json
 
 
 def _strip(rows: list[dict]) -> list[dict]:
@@ -44,6 +44,13 @@ def test_search_writes_genotype_and_resumes_exactly_after_sigkill(cifar_cache, t
     assert genotype_from_json(out / "genotype.json") == g  # the train stage reads the search result directly
     assert len(list((out / "genotypes").glob("epoch*.json"))) == 3
     assert (out / "alphas.png").read_bytes()[:4] == b"\x89PNG"
+    # the final alphas in the `bnas derive` format re-derive the final genotype
+    from harness.searching import derive_from_alphas
+
+    assert json.loads(genotype_to_json(derive_from_alphas(out / "alphas.json"))) == result["genotype_final"]
+    assert derive_from_alphas(out / "alphas.json", gamma=3.0) == genotype_from_json(
+        json.dumps(result["genotype_imagenet"])
+    )
     hist = _history(out / "history.csv")
     assert [r["epoch"] for r in hist] == ["1", "2", "3"]
     assert all(0 < float(r["alpha_entropy"]) <= 1.946 for r in hist)

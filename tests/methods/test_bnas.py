@@ -1,6 +1,8 @@
-"""BNAS genotypes and discrete networks (the search arrives with the next part of the BNAS issue)."""
+"""BNAS genotypes, discrete networks, the search objective and derivation."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import timm
@@ -8,7 +10,7 @@ import torch
 
 import methods  # noqa: F401
 from methods.bnas import PRIMITIVES, GenotypeError, get_genotype
-from methods.bnas.genotypes import Genotype, genotype_from_json, genotype_to_json
+from methods.bnas.genotypes import Genotype, genotype_from_json, genotype_hash, genotype_to_json
 from methods.bnas.network import BnasCell
 
 
@@ -48,6 +50,16 @@ def test_genotype_json_roundtrip_and_validation(tmp_path):
         genotype_from_json("{not json")
     with pytest.raises(GenotypeError, match="unknown genotype 'DARTS'"):
         get_genotype("DARTS")
+    # the content hash: stable, checked on load, and a valid edit without updating it is refused
+    d = json.loads(genotype_to_json(g))
+    assert d["sha256"] == genotype_hash(g) and len(d["sha256"]) == 64
+    d["normal"][0][0] = "bin_conv_5x5"
+    with pytest.raises(GenotypeError, match="content hash mismatch"):
+        genotype_from_json(json.dumps(d))
+    del d["sha256"]
+    assert genotype_from_json(json.dumps(d)).normal[0] == ("bin_conv_5x5", 1)
+    with pytest.raises(GenotypeError, match=r"expected 8 \(op, input\) pairs"):
+        genotype_from_json(json.dumps({**d, "normal": d["normal"][:7]}))
 
 
 def _naive_cell_forward(cell: BnasCell, s0, s1):
