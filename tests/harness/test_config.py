@@ -118,3 +118,29 @@ def test_every_project_recipe_resolves():
     assert {"shared", "xnornetpp_paper_stage1", "xnornetpp_paper_stage2", "bireal_scratch"} <= set(names)
     for n in names:
         assert load_config(REPO / "pipelines" / "params.yaml", recipe=n).train.recipe == n
+
+
+def test_bnas_paper_recipes_carry_the_release_hyperparameters():
+    root = Path(__file__).resolve().parents[2]
+    c = load_config(root / "pipelines" / "params.yaml", recipe="bnas_cifar_paper").train
+    assert (c.epochs, c.batch_size, c.opt, c.lr, c.weight_decay, c.sched, c.drop_path) == (
+        600,
+        256,
+        "momentum",
+        0.05,
+        3e-6,
+        "onecycle",
+        0.2,
+    )
+    i = load_config(root / "pipelines" / "params.yaml", recipe="bnas_imagenet_paper")
+    t = i.train
+    assert (t.epochs, t.lr, t.weight_decay, t.sched, t.restart_epochs, t.label_smoothing, t.clip_grad) == (
+        250,
+        0.05,
+        3e-5,
+        "cosine_restarts",
+        50,
+        0.1,
+        5.0,
+    )
+    assert (i.data.color_jitter, i.data.color_jitter_hue) == (0.4, 0.2)
