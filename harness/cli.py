@@ -216,6 +216,49 @@ def derive(alphas: Path, gamma: float, gamma_compat_row: bool, no_zeroise: bool,
 
 @cli.command()
 @click.option(
+    "--runs",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("runs"),
+    show_default=True,
+    help="Runs root: runs/<dataset>/<method>/seed<N>/{metrics.json,config.yaml}.",
+)
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("results/reference.yaml"),
+    show_default=True,
+    help="The paper's numbers, each with its source.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("results"),
+    show_default=True,
+    help="Folder for cifar10/imagenet/ablation .md, .csv and .tex.",
+)
+@click.option(
+    "--profile",
+    default="paper",
+    show_default=True,
+    help="The params profile the runs were made with; anything but 'paper' is flagged as not comparable.",
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="|ours - paper| (percentage points) within which a result counts as reproduced.",
+)
+def tables(runs: Path, reference: Path, out: Path, profile: str, tolerance: float) -> None:
+    """Regenerate the CIFAR-10, ImageNet and ablation tables from the runs' metrics files (no MLflow needed)."""
+    from harness.tables import build_tables, write_tables
+
+    for p in write_tables(build_tables(runs, reference, profile, tolerance), out):
+        click.echo(str(p))
+
+
+@cli.command()
+@click.option(
     "--run",
     "run_dir",
     type=click.Path(path_type=Path, file_okay=False),

@@ -1,0 +1,94 @@
+"""Statistics of the result tables: seed summaries, t confidence intervals, Welch tests, Holm correction, verdicts.
+
+Everything here is scipy plus arithmetic; `results/README.md` states the rules in words.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["Summary", "summarize", "welch_p", "holm", "verdict", "VERDICTS"]
+
+VERDICTS = ("reproduced", "within noise", "below", "above", "not run", "no paper value")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Seeds of one table cell: n, mean, sample std (ddof=1) and the two-sided 95% t interval of the mean."""
+
+    n: int
+    mean: float
+    std: float
+    ci_lo: float
+    ci_hi: float
+
+    def fmt(self, digits: int = 2) -> str:
+        """'mean ± std' (or the single value, or '—')."""
+        if self.n == 0:
+            return "—"
+        if self.n == 1:
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+
+    def fmt_ci(self, digits: int = 2) -> str:
+        """'[lo, hi]' or '—' when there are fewer than 2 seeds."""
+        return "—" if self.n < 2 else f"[{self.ci_lo:.{digits}f}, {self.ci_hi:.{digits}f}]"
+
+
+def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
+    """Mean, sample std and the t confidence interval of the mean over seeds (NaN where undefined)."""
+    from scipy import stats
+
+    n = len(values)
+    if n == 0:
+        return Summary(0, math.nan, math.nan, math.nan, math.nan)
+    mean = sum(values) / n
+    if n == 1:
+        return Summary(1, mean, math.nan, math.nan, math.nan)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
+    return Summary(n, mean, std, mean - half, mean + half)
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided Welch t-test p-value of a vs b; NaN with fewer than 2 values on a side or no variance at all."""
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    p = float(stats.ttest_ind(list(a), list(b), equal_var=False).pvalue)
+    return p
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1); NaNs are kept and not counted."""
+    idx = sorted((i for i, p in enumerate(pvalues) if not math.isnan(p)), key=lambda i: pvalues[i])
+    m = len(idx)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+def verdict(paper: float | None, s: Summary, tolerance: float = 0.5) -> str:
+    """Compare our seeds with the paper's number (percentage points).
+
+    - "not run": no seeds. "no paper value": nothing to compare with.
+    - n >= 2: the paper value inside our 95% CI -> "reproduced" when |mean - paper| <= tolerance, else "within noise";
+      the CI entirely below the paper -> "below"; entirely above -> "above".
+    - n == 1 (no interval): "reproduced" when |value - paper| <= tolerance, else "below"/"above".
+    """
+    if s.n == 0:
+        return "not run"
+    if paper is None:
+        return "no paper value"
+    delta = s.mean - paper
+    if s.n >= 2 and s.ci_lo <= paper <= s.ci_hi:
+        return "reproduced" if abs(delta) <= tolerance else "within noise"
+    if s.n == 1 and abs(delta) <= tolerance:
+        return "reproduced"
+    return "below" if delta < 0 else "above"
