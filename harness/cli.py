@@ -136,7 +136,12 @@ def prepare(dataset: str, source: Path | None, out: Path, params: Path | None, d
 
 @cli.command()
 @_run_options("train", "runs/cifar10/resnet18_cifar/seed0")
-@click.option("--method", default=None, help="Method name for tags and run names (default: the model name).")
+@click.option(
+    "--method",
+    default=None,
+    help="A key of params group `methods` (its recipe, groups and per-profile overrides apply); any other name is "
+    "only the label of the run (default: the model name).",
+)
 @click.option("--recipe", default="", help="Apply params group recipes.<NAME> over train (before any -S).")
 @click.option(
     "--init-from",
@@ -161,7 +166,7 @@ def train(
     overrides = _overrides(seed, sets)
     if init_from is not None:
         overrides["train.init_from"] = str(init_from)
-    cfg = load_config(params, overrides, recipe=recipe)  # fail fast on a bad config, before importing torch
+    cfg = load_config(params, overrides, recipe=recipe, method=method)  # fail fast, before importing torch
     from harness.training import run_train
 
     metrics = run_train(cfg, data, out, resume=resume, method=method)
@@ -171,14 +176,21 @@ def train(
 
 @cli.command()
 @_run_options("search", "runs/cifar10/search/seed2")
-def search(params: Path, data: Path, out: Path, seed: int | None, resume: bool, sets: tuple[str, ...]) -> None:
+@click.option(
+    "--method",
+    default=None,
+    help="A key of params group `methods` whose `search` overrides apply (e.g. an ablation); also the run's label.",
+)
+def search(
+    params: Path, data: Path, out: Path, seed: int | None, resume: bool, sets: tuple[str, ...], method: str | None
+) -> None:
     """BNAS architecture search on the recorded 25k/25k split; writes genotype.json and the alphas heatmap."""
     from harness.config import load_config
 
-    cfg = load_config(params, _overrides(seed, sets, "search"), recipe="")
+    cfg = load_config(params, _overrides(seed, sets, "search"), recipe="", method=method)
     from harness.searching import run_search
 
-    click.echo(json.dumps(run_search(cfg, data, out, resume=resume), sort_keys=True))
+    click.echo(json.dumps(run_search(cfg, data, out, resume=resume, method=method or "bnas"), sort_keys=True))
 
 
 @cli.command()

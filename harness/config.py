@@ -144,6 +144,21 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profile: str = ""  # the selected profile: `profiles.<profile>` is applied over the groups (quick | paper)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile name -> group overrides
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # `--method NAME`: recipe + group overrides
+    pipeline: dict[str, Any] = field(default_factory=dict)  # lists the DVC pipeline iterates over (seeds, ...)
+
+
+GROUPS = ("data", "train", "search", "tracking")
+
+
+def deep_merge(base: Mapping[str, Any] | None, over: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`base` with `over` merged in: mappings merge key by key, everything else is replaced."""
+    out = dict(base or {})
+    for k, v in (over or {}).items():
+        out[k] = deep_merge(out.get(k), v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
 
 
 def _is_plain(value: Any) -> bool:
@@ -233,6 +248,26 @@ def config_from_dict(values: Mapping[str, Any] | None, source: str = "<dict>") -
     if not isinstance(values, Mapping):
         raise ConfigError(f"{source}: expected a mapping of groups at the top level, got {type(values).__name__}")
     cfg = _build(Config, values, "", source)
+    for kind, table in (("profiles", cfg.profiles), ("methods", cfg.methods)):
+        for name, entry in table.items():  # each must name known groups with valid keys
+            allowed = (*GROUPS, "recipe", "profiles") if kind == "methods" else GROUPS
+            for key in entry:
+                if key not in allowed:
+                    raise ConfigError(
+                        f"{source}: {kind}.{name}: unknown key '{key}' (expected one of {', '.join(allowed)})"
+                    )
+            groups = {g: entry[g] for g in GROUPS if g in entry}
+            _build(Config, {g: deep_merge(values.get(g), v) for g, v in groups.items()}, f"{kind}.{name}", source)
+            for pname, pentry in (entry.get("profiles") or {}).items() if kind == "methods" else ():
+                bad = [k for k in pentry if k not in GROUPS]
+                if bad:
+                    raise ConfigError(f"{source}: methods.{name}.profiles.{pname}: unknown group '{bad[0]}'")
+                _build(Config, {g: deep_merge(values.get(g), v) for g, v in pentry.items()}, f"methods.{name}", source)
+            if kind == "methods" and "recipe" in entry and entry["recipe"] not in cfg.recipes:
+                raise ConfigError(f"{source}: methods.{name}.recipe: unknown recipe '{entry['recipe']}'")
+    if cfg.profile and cfg.profiles and cfg.profile not in cfg.profiles:
+        known = ", ".join(sorted(cfg.profiles)) or "none defined"
+        raise ConfigError(f"{source}: profile: unknown profile '{cfg.profile}' (params group 'profiles': {known})")
     base = dataclasses.asdict(cfg.train)
     for name, overrides in cfg.recipes.items():  # every recipe must make a valid train group
         if "recipe" in overrides:
@@ -282,16 +317,25 @@ def _set_nested(d: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def load_config(
-    path: str | Path | None, overrides: Mapping[str, Any] | None = None, recipe: str | None = None
+    path: str | Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    recipe: str | None = None,
+    method: str | None = None,
 ) -> Config:
-    """Load a params YAML file strictly, apply a recipe, then dotted-key overrides (`{"train.seed": 1}`).
+    """Load a params YAML file strictly and resolve one run's config.
+
+    Order (later wins): the file's groups; the recipe (`recipes.<name>` over `train`); the method's groups
+    (`methods.<method>`); the selected profile (`profiles.<profile>`, then `methods.<method>.profiles.<profile>`);
+    the dotted-key overrides (`{"train.seed": 1}`; a `profile` override selects the profile first).
 
     Args:
         path: the params file (None: defaults only).
-        overrides: dotted keys applied last, so they win over the recipe.
+        overrides: dotted keys applied last.
         recipe: None loads the file as is (with its `recipes` group); a name applies `recipes.<name>` over `train`
-            and records it as `train.recipe`; "" applies none. In both of the latter cases the result is a run's
-            resolved config, without the `recipes` group.
+            and records it as `train.recipe`; "" applies none (or the method's recipe). In both of the latter cases
+            the result is a run's resolved config, without the `recipes`/`profiles`/`methods`/`pipeline` groups.
+        method: a key of `methods` (its recipe and group overrides are applied); a name not listed there is only a
+            label for the run.
 
     Raises:
         ConfigError: the file is missing or not YAML, a key/type is wrong (the message names key and file), or the
@@ -311,16 +355,39 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{source}: expected a mapping of groups at the top level, got {type(loaded).__name__}")
         raw = loaded or {}
+    overrides = dict(overrides or {})
+    if "profile" in overrides:
+        raw["profile"] = overrides.pop("profile")
     config_from_dict(raw, source)  # validate the file itself, recipes included, before combining anything
+    entry: dict[str, Any] = {}
+    if method:
+        entry = (raw.get("methods") or {}).get(method) or {}  # not listed: the method name is only a label
+        if recipe is None or recipe == "":
+            recipe = entry.get("recipe", recipe)
     if recipe:
         recipes = raw.get("recipes") or {}
         if recipe not in recipes:
             known = ", ".join(sorted(recipes)) or "none defined"
             raise ConfigError(f"{source}: unknown recipe '{recipe}' (params group 'recipes': {known})")
         raw["train"] = {**(raw.get("train") or {}), **recipes[recipe], "recipe": recipe}
-    if recipe is not None:
-        raw.pop("recipes", None)
-    for key, value in (overrides or {}).items():
+    for g in GROUPS:
+        if g in entry:
+            raw[g] = deep_merge(raw.get(g), entry[g])
+    profile = raw.get("profile") or ""
+    if profile and profile not in (raw.get("profiles") or {}) and recipe is None and not method:
+        pass  # a resolved run config (config.yaml) records its profile without the profiles group
+    elif profile:
+        if profile not in (raw.get("profiles") or {}):
+            known = ", ".join(sorted(raw.get("profiles") or {})) or "none defined"
+            raise ConfigError(f"{source}: profile: unknown profile '{profile}' (params group 'profiles': {known})")
+        for g, v in (raw.get("profiles") or {}).get(profile, {}).items():
+            raw[g] = deep_merge(raw.get(g), v)
+        for g, v in (entry.get("profiles") or {}).get(profile, {}).items():
+            raw[g] = deep_merge(raw.get(g), v)
+    if recipe is not None or method:
+        for key in ("recipes", "profiles", "methods", "pipeline"):
+            raw.pop(key, None)
+    for key, value in overrides.items():
         _set_nested(raw, key, value)
     if overrides:
         source = f"{source} (with overrides)"

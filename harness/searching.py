@@ -127,7 +127,7 @@ def _genotype_dict(g: Any) -> dict[str, Any]:
 
 
 def run_search(
-    cfg: Config, data: str | Path, out: str | Path, *, resume: bool = False, progress: bool = True
+    cfg: Config, data: str | Path, out: str | Path, *, resume: bool = False, progress: bool = True, method: str = "bnas"
 ) -> dict[str, Any]:
     """Search with the BNAS objective; checkpoint every epoch; resume from `out/checkpoint.pt` when asked."""
     from methods.bnas.search import BnasSearcher, diversity_weight
@@ -206,9 +206,9 @@ def run_search(
             git = git_info()
             run_id = tracker.start(
                 experiment=f"{cfg.tracking.experiment_prefix}-cifar10",
-                run_name=f"bnas-s{sc.seed}-search",
+                run_name=f"{method}-s{sc.seed}-search",
                 tags={
-                    "bnas.method": "bnas",
+                    "bnas.method": method,
                     "bnas.dataset": "cifar10",
                     "bnas.seed": sc.seed,
                     "bnas.stage": "search",

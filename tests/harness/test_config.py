@@ -144,3 +144,40 @@ def test_bnas_paper_recipes_carry_the_release_hyperparameters():
         5.0,
     )
     assert (i.data.color_jitter, i.data.color_jitter_hue) == (0.4, 0.2)
+
+
+def test_profiles_and_methods_resolve_in_order(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text(
+        "profile: quick\n"
+        "train: {epochs: 600, lr: 0.1}\n"
+        "recipes: {r: {lr: 0.05, epochs: 300}}\n"
+        "profiles:\n  quick: {train: {epochs: 1}, data: {train_subset: 100}}\n  paper: {}\n"
+        "methods:\n"
+        "  m:\n    recipe: r\n    train: {model: bnas_a, model_kwargs: {skip: false}}\n"
+        "    profiles: {quick: {train: {model_kwargs: {layers: 5}}}}\n"
+        "  s: {search: {no_skip: true}, profiles: {quick: {search: {epochs: 2}}}}\n"
+        "pipeline: {seeds: [0, 1]}\n"
+    )
+    c = load_config(p, method="m", recipe="")
+    # recipe < method groups < profile < method's profile (dicts merge key by key)
+    assert (c.train.epochs, c.train.lr, c.train.recipe, c.train.model) == (1, 0.05, "r", "bnas_a")
+    assert c.train.model_kwargs == {"skip": False, "layers": 5} and c.data.train_subset == 100
+    assert c.profiles == {} and c.methods == {} and c.profile == "quick"
+    paper = load_config(p, {"profile": "paper", "train.seed": 3}, method="m", recipe="")
+    assert (paper.train.epochs, paper.train.model_kwargs, paper.train.seed) == (300, {"skip": False}, 3)
+    s = load_config(p, method="s", recipe="")
+    assert s.search.no_skip and s.search.epochs == 2
+    assert load_config(p, method="not_listed", recipe="").train.epochs == 1  # a label only
+    assert load_config(p).pipeline == {"seeds": [0, 1]}
+    with pytest.raises(ConfigError, match="profile: unknown profile 'gpu'"):
+        load_config(p, {"profile": "gpu"})
+    p.write_text("methods: {m: {train: {lr: fast}}}\n")
+    with pytest.raises(ConfigError, match="methods.m.train.lr: expected float"):
+        load_config(p)
+    p.write_text("methods: {m: {recipe: nope}}\n")
+    with pytest.raises(ConfigError, match="methods.m.recipe: unknown recipe 'nope'"):
+        load_config(p)
+    p.write_text("methods: {m: {trian: {lr: 1}}}\n")
+    with pytest.raises(ConfigError, match="methods.m: unknown key 'trian'"):
+        load_config(p)
