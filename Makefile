@@ -8,8 +8,20 @@ BNAS_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
 export BNAS_DATA
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE ?= 1
+# paper profile: 5 search seeds (2 = the release's), each cell retrained once; ablations with 2 searches each
+PAPER_SEARCHES := [{search: search, seed: 2, derive: "--gamma 1", retrain: bnas_searched, train_seed: 0}, \
+  {search: search, seed: 3, derive: "--gamma 1", retrain: bnas_searched, train_seed: 1}, \
+  {search: search, seed: 4, derive: "--gamma 1", retrain: bnas_searched, train_seed: 2}, \
+  {search: search, seed: 5, derive: "--gamma 1", retrain: bnas_searched, train_seed: 3}, \
+  {search: search, seed: 6, derive: "--gamma 1", retrain: bnas_searched, train_seed: 4}, \
+  {search: search_no_skip, seed: 2, derive: "--gamma 1", retrain: ablation_no_skip, train_seed: 0}, \
+  {search: search_no_skip, seed: 3, derive: "--gamma 1", retrain: ablation_no_skip, train_seed: 1}, \
+  {search: search_no_zeroise, seed: 2, derive: "--gamma 1 --no-zeroise", retrain: ablation_no_zeroise, train_seed: 0}, \
+  {search: search_no_zeroise, seed: 3, derive: "--gamma 1 --no-zeroise", retrain: ablation_no_zeroise, train_seed: 1}, \
+  {search: search_no_div, seed: 2, derive: "--gamma 1", retrain: ablation_no_div, train_seed: 0}, \
+  {search: search_no_div, seed: 3, derive: "--gamma 1", retrain: ablation_no_div, train_seed: 1}]
 
-.PHONY: install repro test lint ui clean
+.PHONY: install repro repro-paper test lint ui clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +34,12 @@ install: $(VENV)/.installed
 
 repro: install
 	$(BIN)/dvc repro
+
+# The paper profile (GPUs): the paper's settings, 5 retraining seeds, 5 searches, as a DVC experiment.
+repro-paper: install
+	$(BIN)/dvc exp run -S 'pipelines/params.yaml:profile=paper' \
+	  -S 'pipelines/params.yaml:pipeline.seeds=[0,1,2,3,4]' \
+	  -S 'pipelines/params.yaml:pipeline.searches=$(PAPER_SEARCHES)'
 
 test: install
 	$(BIN)/ruff check harness methods tests

@@ -167,6 +167,22 @@ def train(
     if init_from is not None:
         overrides["train.init_from"] = str(init_from)
     cfg = load_config(params, overrides, recipe=recipe, method=method)  # fail fast, before importing torch
+    if cfg.train.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        # one DVC stage = one `bnas train` call: relaunch this very command under torchrun (single node)
+        import subprocess
+        import sys
+
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={cfg.train.nproc_per_node}",
+            "-m",
+            "harness.cli",
+            *sys.argv[1:],
+        ]
+        raise SystemExit(subprocess.call(cmd))
     from harness.training import run_train
 
     metrics = run_train(cfg, data, out, resume=resume, method=method)
@@ -226,34 +242,50 @@ def derive(alphas: Path, gamma: float, gamma_compat_row: bool, no_zeroise: bool,
     click.echo(text)
 
 
+def _report_options(out_default: str, out_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options `bnas tables` and `bnas figures` share: --runs, --reference, --out, --profile."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for opt in reversed(
+            [
+                click.option(
+                    "--runs",
+                    type=click.Path(path_type=Path, file_okay=False),
+                    default=Path("runs"),
+                    show_default=True,
+                    help="Runs root: runs/<dataset>/<method>/seed<N>/ (metrics.json, config.yaml, history.csv).",
+                ),
+                click.option(
+                    "--reference",
+                    type=click.Path(path_type=Path, dir_okay=False),
+                    default=Path("results/reference.yaml"),
+                    show_default=True,
+                    help="The paper's numbers, each with its source.",
+                ),
+                click.option(
+                    "--out",
+                    type=click.Path(path_type=Path, file_okay=False),
+                    default=Path(out_default),
+                    show_default=True,
+                    help=out_help,
+                ),
+                click.option(
+                    "--profile",
+                    default="paper",
+                    show_default=True,
+                    help="The params profile the runs were made with; anything but 'paper' is flagged as not "
+                    "comparable to the paper.",
+                ),
+            ]
+        ):
+            fn = opt(fn)
+        return fn
+
+    return wrap
+
+
 @cli.command()
-@click.option(
-    "--runs",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("runs"),
-    show_default=True,
-    help="Runs root: runs/<dataset>/<method>/seed<N>/{metrics.json,config.yaml}.",
-)
-@click.option(
-    "--reference",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("results/reference.yaml"),
-    show_default=True,
-    help="The paper's numbers, each with its source.",
-)
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("results"),
-    show_default=True,
-    help="Folder for cifar10/imagenet/ablation .md, .csv and .tex.",
-)
-@click.option(
-    "--profile",
-    default="paper",
-    show_default=True,
-    help="The params profile the runs were made with; anything but 'paper' is flagged as not comparable.",
-)
+@_report_options("results", "Folder for cifar10/imagenet/ablation .md, .csv and .tex.")
 @click.option(
     "--tolerance",
     type=float,
@@ -267,6 +299,57 @@ def tables(runs: Path, reference: Path, out: Path, profile: str, tolerance: floa
 
     for p in write_tables(build_tables(runs, reference, profile, tolerance), out):
         click.echo(str(p))
+
+
+@cli.command()
+@_report_options("results/figures", "Folder for the PNG files.")
+@click.option(
+    "--finish-pipeline-run",
+    is_flag=True,
+    help="Log the per-method aggregates, the tables and the figures to this pipeline's MLflow parent run and finish "
+    "it (the last stage of `dvc repro` does this).",
+)
+@click.option("--params", type=click.Path(path_type=Path), default=None, help="Params file (its tracking group).")
+def figures(
+    runs: Path, reference: Path, out: Path, profile: str, finish_pipeline_run: bool, params: Path | None
+) -> None:
+    """Accuracy vs OPs with the Pareto front, learning curves, searched cells, alpha heatmaps over the search."""
+    from harness.figures import write_figures
+
+    paths = write_figures(runs, reference, out, profile)
+    for p in paths:
+        click.echo(str(p))
+    if finish_pipeline_run:
+        from harness.config import load_config
+        from harness.tables import finish_pipeline_run as finish
+
+        cfg = load_config(params)
+        if cfg.tracking.enabled:
+            click.echo(
+                f"MLflow pipeline run: {finish(runs, Path('results'), paths, profile, cfg.tracking.experiment_prefix)}"
+            )
+
+
+@cli.command()
+@click.argument("genotype")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="PNG to write (default: GENOTYPE with .png, or <name>.png for a published cell).",
+)
+def show(genotype: str, out: Path | None) -> None:
+    """Draw the normal and reduction cells of GENOTYPE (a genotype.json or a published name such as latest_cell)."""
+    from harness.figures import draw_genotype
+    from methods.bnas.genotypes import GenotypeError, genotype_from_json, get_genotype
+
+    try:
+        g = genotype_from_json(genotype) if genotype.endswith(".json") else get_genotype(genotype)
+    except GenotypeError as e:
+        raise BnasError(f"{genotype}: {e}") from None
+    if out is None:
+        out = Path(genotype).with_suffix(".png") if genotype.endswith(".json") else Path(f"{genotype}.png")
+    click.echo(str(draw_genotype(g, out, f"genotype {genotype}")))
 
 
 @cli.command()

@@ -82,6 +82,7 @@ class TrainConfig:
     eval_interval: int = 1  # evaluate every N epochs (and always after the last)
     log_interval: int = 50  # progress-bar refresh and non-finite-loss check interval on CUDA (every step on CPU)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    nproc_per_node: int = 1  # > 1: `bnas train` relaunches itself under torchrun with this many processes (DDP)
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra model arguments, e.g. {scale_shape: factorised}
     init_from: str = ""  # initialise the model from this model.pt (weights only), e.g. stage 1 of a two-stage recipe
     recipe: str = ""  # name of the recipe (params group `recipes`) applied to this run; set by --recipe

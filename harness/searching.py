@@ -211,6 +211,7 @@ def run_search(
                     "bnas.method": method,
                     "bnas.dataset": "cifar10",
                     "bnas.seed": sc.seed,
+                    "bnas.profile": cfg.profile,
                     "bnas.stage": "search",
                     "bnas.dvc_stage": os.environ.get("DVC_STAGE", ""),
                     "bnas.git_commit": git["commit"],

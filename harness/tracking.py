@@ -2,7 +2,8 @@
 
 Default store: `sqlite:///<project>/mlflow.db` with artifacts in `<project>/mlartifacts/` (both git-ignored).
 `MLFLOW_TRACKING_URI` points runs at a team server instead. One experiment per dataset (`bnas-cifar10`), run names
-`<method>-s<seed>-<stage>`, tags under our own `bnas.` prefix (never `mlflow.`).
+`<method>-s<seed>-<stage>`, tags under our own `bnas.` prefix; the one `mlflow.` tag set is `mlflow.parentRunId`,
+which nests the runs of one `dvc repro` under a parent run (`pipeline-<profile>`) that the report stage finishes.
 """
 
 from __future__ import annotations
@@ -124,7 +125,11 @@ class Tracker(NullTracker):
                 run_id = None
         if run_id is None:
             exp_id = self._experiment_id(experiment)
-            run = self.client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+            tags = {k: str(v) for k, v in tags.items()}
+            profile = tags.get("bnas.profile")
+            if profile and os.environ.get("DVC_STAGE"):  # a stage of `dvc repro`: nest under the pipeline's run
+                tags["mlflow.parentRunId"] = self.pipeline_parent(experiment, profile)
+            run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
             self.run_id = run.info.run_id
             items = [Param(k, str(v)[:6000]) for k, v in params.items()]
             for i in range(0, len(items), 100):
@@ -132,6 +137,29 @@ class Tracker(NullTracker):
         else:
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         return self.run_id
+
+    def pipeline_parent(self, experiment: str, profile: str, create: bool = True) -> str | None:
+        """The parent run of the current pipeline run: the newest RUNNING run tagged bnas.role=pipeline with this
+        profile in `experiment`, created by the first stage that asks (the report stage finishes it)."""
+        exp_id = self._experiment_id(experiment)
+        runs = self.client.search_runs(
+            [exp_id],
+            filter_string=f"tags.`bnas.role` = 'pipeline' and tags.`bnas.profile` = '{profile}' "
+            "and attributes.status = 'RUNNING'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if runs:
+            return runs[0].info.run_id
+        if not create:
+            return None
+        git = git_info(self.root)
+        run = self.client.create_run(
+            exp_id,
+            run_name=f"pipeline-{profile}",
+            tags={"bnas.role": "pipeline", "bnas.profile": profile, "bnas.git_commit": git["commit"]},
+        )
+        return run.info.run_id
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         import time

@@ -403,6 +403,7 @@ def run_train(
             "bnas.model": tc.model,
             "bnas.dataset": dataset,
             "bnas.seed": tc.seed,
+            "bnas.profile": cfg.profile,
             "bnas.stage": stage,
             "bnas.dvc_stage": os.environ.get("DVC_STAGE", ""),
             "bnas.git_commit": git["commit"],

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import shlex
+import sys
 from pathlib import Path
 
 import yaml
@@ -13,54 +16,78 @@ from harness.config import Config, config_to_dict, flatten
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _stages() -> dict:
-    """Stage definitions, with foreach/matrix templates reduced to their `do` body."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    return {name: st.get("do", st) for name, st in stages.items()}
+def _stages() -> list:
+    """The stages exactly as DVC resolves them (foreach and matrix expanded)."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        return list(repo.index.stages)
+
+
+def _params(stage) -> list[str]:
+    return [p for d in stage.deps if hasattr(d, "params") for p in (d.params or [])]
 
 
 def test_every_stage_is_one_real_bnas_command():
-    for name, stage in _stages().items():
-        argv = shlex.split(stage["cmd"])
-        assert argv[0] == "bnas", name
-        assert argv[1] in cli.commands, f"{name}: unknown command {argv[1]}"
-        assert "&&" not in argv and ";" not in stage["cmd"], name
+    stages = _stages()
+    assert len(stages) >= 20
+    for st in stages:
+        argv = shlex.split(st.cmd)
+        assert argv[0] == "bnas", st.addressing
+        assert argv[1] in cli.commands, f"{st.addressing}: unknown command {argv[1]}"
+        assert "&&" not in argv and ";" not in st.cmd, st.addressing
+        # and the command line parses: click accepts every option (nothing runs)
+        ctx = cli.commands[argv[1]].make_context(argv[1], argv[2:], resilient_parsing=True)
+        assert not ctx.args, f"{st.addressing}: unexpected arguments {ctx.args}"
 
 
-def test_every_declared_param_exists_in_the_schema():
+def test_every_declared_param_exists_in_the_schema_and_in_the_file():
     keys = set(flatten(config_to_dict(Config())))
-    groups = {k.split(".")[0] for k in keys}
+    groups = {f.name for f in dataclasses.fields(Config)}
     in_file = yaml.safe_load((REPO / "pipelines" / "params.yaml").read_text())
     file_keys = set(flatten(in_file)) | set(in_file)
-    for name, stage in _stages().items():
-        for entry in stage.get("params", []):
-            assert isinstance(entry, dict) and list(entry) == ["pipelines/params.yaml"], name
-            for key in entry["pipelines/params.yaml"]:
-                if key.startswith("recipes.${"):  # a templated recipe: every foreach item's recipe must exist
-                    continue
-                assert key in keys or key in groups, f"{name}: {key} is not a config key"
-                assert key in file_keys, f"{name}: {key} is not in pipelines/params.yaml (DVC needs it there)"
+    for prefix in ("methods", "profiles"):  # entries are groups of keys: their prefixes count as keys too
+        for name, entry in in_file[prefix].items():
+            file_keys.add(f"{prefix}.{name}")
+            file_keys.update(f"{prefix}.{name}.{g}" for g in entry)
+    for st in _stages():
+        for key in _params(st):
+            assert key.split(".")[0] in groups, f"{st.addressing}: {key} is not a config key"
+            assert key in keys or key in groups or key in file_keys, f"{st.addressing}: {key} is not a config key"
+            assert key in file_keys, f"{st.addressing}: {key} is not in pipelines/params.yaml (DVC needs it there)"
 
 
-def test_train_stage_outputs_metrics_and_plots_uncached():
-    for name, stage in _stages().items():
-        if not name.startswith("train"):
+def test_every_method_the_pipeline_names_resolves():
+    """Each --method of a stage is a `methods` entry whose config (recipe, groups, both profiles) loads."""
+    from harness.config import load_config
+
+    for st in _stages():
+        argv = shlex.split(st.cmd)
+        if "--method" not in argv:
             continue
-        metrics = stage["metrics"][0]
-        ((path, opts),) = metrics.items()
-        assert path.endswith("metrics.json") and opts["cache"] is False
-        ((path, opts),) = stage["plots"][0].items()
-        assert path.endswith("history.csv") and opts["cache"] is False
-        assert "--resume" in stage["cmd"]
+        method = argv[argv.index("--method") + 1]
+        for profile in ("quick", "paper"):
+            cfg = load_config(REPO / "pipelines" / "params.yaml", {"profile": profile}, recipe="", method=method)
+            assert f"methods.{method}" in _params(st), f"{st.addressing}: does not declare methods.{method}"
+            if argv[1] == "train":
+                assert cfg.train.recipe == "bnas_cifar_paper", f"{st.addressing}: every CIFAR row shares one recipe"
 
 
-def test_every_foreach_recipe_exists():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    recipes = yaml.safe_load((REPO / "pipelines" / "params.yaml").read_text())["recipes"]
-    for name, st in stages.items():
-        for key, item in (st.get("foreach") or {}).items():
-            if "recipe" in item:
-                assert item["recipe"] in recipes, f"{name}@{key}: unknown recipe {item['recipe']}"
+def test_train_stages_output_metrics_and_plots_uncached_and_resume():
+    for st in _stages():
+        if shlex.split(st.cmd)[1] not in ("train", "search"):
+            continue
+        assert "--resume" in st.cmd, st.addressing
+        metrics = [o for o in st.outs if o.metric]
+        plots = [o for o in st.outs if o.plot]
+        assert len(metrics) == 1 and str(metrics[0].def_path).endswith("metrics.json") and not metrics[0].use_cache
+        assert len(plots) == 1 and str(plots[0].def_path).endswith("history.csv") and not plots[0].use_cache
+
+
+def test_quick_profile_tables_say_they_are_not_comparable():
+    stages = {st.addressing: st for st in _stages()}
+    assert "--profile quick" in stages["tables"].cmd and "--profile quick" in stages["figures"].cmd
+    assert yaml.safe_load((REPO / "pipelines" / "params.yaml").read_text())["profile"] == "quick"
 
 
 def test_ci_runs_the_readme_test_command():
@@ -75,3 +102,98 @@ def test_constraints_pin_the_tested_torch_pair():
     pins = dict(ln.split("==") for ln in (REPO / "constraints.txt").read_text().splitlines() if "==" in ln)
     assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1" and pins["mlflow"] == "3.17.2"
     assert pins["dvc"].startswith("3.")
+
+
+def _micro_copy(dst: Path, cifar_cache: Path) -> None:
+    """A copy of the repository (tracked files) whose params select a micro profile: 1 search, 1 seed, 1 baseline."""
+    import shutil
+    import subprocess
+
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for f in files:
+        if f.startswith(("runs/", "results/figures/")) or f in ("dvc.lock",) or not (REPO / f).is_file():
+            continue
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dst / f)
+    params = yaml.safe_load((dst / "pipelines" / "params.yaml").read_text())
+    params["profile"] = "micro"
+    params["profiles"]["micro"] = {
+        "data": {"train_subset": 200, "test_subset": 500},
+        "train": {"epochs": 1, "batch_size": 50, "eval_interval": 1, "threads": 2},
+        "search": {"epochs": 1, "train_subset": 64, "batch_size": 32, "layers": 3, "init_channels": 4, "threads": 2},
+    }
+    for entry in params["methods"].values():
+        if "quick" in entry.get("profiles", {}):
+            entry["profiles"]["micro"] = entry["profiles"]["quick"]
+    params["pipeline"] = {
+        "seeds": [0],
+        "cifar_methods": ["bireal_resnet18_cifar"],
+        "searches": [
+            {"search": "search", "seed": 2, "derive": "--gamma 1", "retrain": "bnas_searched", "train_seed": 0}
+        ],
+    }
+    (dst / "pipelines" / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copytree(cifar_cache, dst / "data" / "cifar10", ignore=shutil.ignore_patterns("raw"))
+
+
+def test_micro_profile_dvc_repro_end_to_end(cifar_cache, tmp_path):
+    """`dvc repro` in a copy of the repository on real CIFAR-10: tables and figures appear, the MLflow parent run is
+    finished, a second repro does nothing, and a changed param makes only its stage stale."""
+    import os
+    import subprocess
+
+    repo = tmp_path / "repo"
+    _micro_copy(repo, cifar_cache)
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        HF_HUB_OFFLINE="1",
+    )
+
+    def run(*args: str) -> str:
+        res = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, (args, res.stdout[-3000:], res.stderr[-3000:])
+        return res.stdout
+
+    run("git", "init", "-q")
+    run("git", "add", "-A")
+    run("dvc", "commit", "-f", "prepare")  # the prepared cache is already there: record it instead of re-reading PNGs
+    out = run("dvc", "repro")
+    assert "Running stage 'search@0'" in out and "Running stage 'figures'" in out
+    md = (repo / "results" / "cifar10.md").read_text()
+    assert "Profile `micro`" in md and "bireal_resnet18_cifar" in md and "BNAS (cell searched by this pipeline)" in md
+    rows = list(csv.DictReader((repo / "results" / "cifar10.csv").read_text().splitlines()[1:]))
+    assert {r["run_folder"] for r in rows} == {"bireal_resnet18_cifar", "bnas_searched", ""}
+    assert [r["verdict"] for r in rows if r["run_folder"] == ""] == ["not run"]  # BNAS-A: in the paper, not run here
+    assert all(float(r["top1_mean"]) > 0 for r in rows if r["n"] != "0")
+    assert (repo / "results" / "imagenet.md").is_file() and (repo / "results" / "ablation.tex").is_file()
+    figs = sorted(p.name for p in (repo / "results" / "figures").glob("*.png"))
+    assert {"accuracy_vs_ops.png", "learning_curves.png", "cells_search_seed2.png", "alphas_search_seed2.png"} <= set(
+        figs
+    )
+    # MLflow: one finished parent run with the stages' runs nested under it
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("bnas-cifar10")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("bnas.role") == "pipeline"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == 3  # search, retrain, bireal
+    assert "bireal_resnet18_cifar/top1_mean" in parents[0].data.metrics
+    # nothing changed: nothing runs; one param changed: only its stage is stale
+    assert "Running stage" not in run("dvc", "repro")
+    params = yaml.safe_load((repo / "pipelines" / "params.yaml").read_text())
+    params["methods"]["bireal_resnet18_cifar"]["train"]["lr"] = 0.01
+    (repo / "pipelines" / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run("dvc", "status")
+    stale = {ln.rstrip(":").strip() for ln in status.splitlines() if ln and not ln.startswith((" ", "\t"))}
+    assert stale == {"train@bireal_resnet18_cifar-0"}, status

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_project_params_load_strictly():
     cfg = load_config(REPO / "pipelines" / "params.yaml")
     assert isinstance(cfg, Config)
-    assert cfg.train.model == "resnet18_cifar"
+    assert cfg.profile == "quick" and cfg.train.model == "bnas_a" and cfg.train.epochs == 2  # quick profile applied
+    assert load_config(REPO / "pipelines" / "params.yaml", {"profile": "paper"}).train.epochs == 600
 
 
 def test_defaults_live_in_dataclasses():
@@ -122,7 +123,7 @@ def test_every_project_recipe_resolves():
 
 def test_bnas_paper_recipes_carry_the_release_hyperparameters():
     root = Path(__file__).resolve().parents[2]
-    c = load_config(root / "pipelines" / "params.yaml", recipe="bnas_cifar_paper").train
+    c = load_config(root / "pipelines" / "params.yaml", {"profile": "paper"}, recipe="bnas_cifar_paper").train
     assert (c.epochs, c.batch_size, c.opt, c.lr, c.weight_decay, c.sched, c.drop_path) == (
         600,
         256,
@@ -132,7 +133,7 @@ def test_bnas_paper_recipes_carry_the_release_hyperparameters():
         "onecycle",
         0.2,
     )
-    i = load_config(root / "pipelines" / "params.yaml", recipe="bnas_imagenet_paper")
+    i = load_config(root / "pipelines" / "params.yaml", {"profile": "paper"}, recipe="bnas_imagenet_paper")
     t = i.train
     assert (t.epochs, t.lr, t.weight_decay, t.sched, t.restart_epochs, t.label_smoothing, t.clip_grad) == (
         250,

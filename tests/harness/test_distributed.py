@@ -48,3 +48,25 @@ def test_two_process_ddp_keeps_ranks_in_sync(cifar_cache, tmp_path):
     assert m["world_size"] == 2
     assert m["val/n"] == 250  # the evaluation shards cover each test image exactly once
     assert len((tmp_path / "history.csv").read_text().splitlines()) == 3  # written once, by rank 0
+
+
+def test_bnas_train_relaunches_itself_under_torchrun_when_nproc_per_node_is_set(cifar_cache, tmp_path):
+    """A DVC stage is one `bnas train` call; train.nproc_per_node > 1 makes that call a torchrun launch."""
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "data: {train_subset: 128, test_subset: 64}\n"
+        "train: {model: test_resnet, epochs: 1, batch_size: 32, device: cpu, threads: 1, nproc_per_node: 2}\n"
+        "tracking: {enabled: false}\n"
+    )
+    bnas = Path(sys.executable).parent / "bnas"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    res = subprocess.run(
+        [str(bnas), "train", "--params", str(params), "--data", str(cifar_cache), "--out", str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["val/n"] == 64
