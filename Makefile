@@ -8,6 +8,10 @@ BNAS_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
 export BNAS_DATA
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE ?= 1
+# ImageNet (opt-in): an ImageNet-layout root (train/<wnid>/, val/<wnid>/); default: the Imagenette copy in BNAS_DATA
+IMAGENET ?= $(if $(BNAS_DATA),$(BNAS_DATA)/imagenette,)
+IMAGENET_METHODS := [bnas_d, bnas_e, bnas_f, bnas_g, bnas_h, bireal_resnet18, bireal_resnet34, xnornetpp_resnet18, \
+  binarynet_resnet18]
 # paper profile: 5 search seeds (2 = the release's), each cell retrained once; ablations with 2 searches each
 PAPER_SEARCHES := [{search: search, seed: 2, derive: "--gamma 1", retrain: bnas_searched, train_seed: 0}, \
   {search: search, seed: 3, derive: "--gamma 1", retrain: bnas_searched, train_seed: 1}, \
@@ -21,7 +25,7 @@ PAPER_SEARCHES := [{search: search, seed: 2, derive: "--gamma 1", retrain: bnas_
   {search: search_no_div, seed: 2, derive: "--gamma 1", retrain: ablation_no_div, train_seed: 0}, \
   {search: search_no_div, seed: 3, derive: "--gamma 1", retrain: ablation_no_div, train_seed: 1}]
 
-.PHONY: install repro repro-paper test lint ui clean
+.PHONY: install repro repro-paper repro-imagenet bench test lint ui clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +44,16 @@ repro-paper: install
 	$(BIN)/dvc exp run -S 'pipelines/params.yaml:profile=paper' \
 	  -S 'pipelines/params.yaml:pipeline.seeds=[0,1,2,3,4]' \
 	  -S 'pipelines/params.yaml:pipeline.searches=$(PAPER_SEARCHES)'
+
+# The ImageNet pipeline as a DVC experiment: prepare IMAGENET, train BNAS-D..H and the ImageNet baselines, tables.
+repro-imagenet: install
+	test -n "$(IMAGENET)" || (echo "set IMAGENET=/path/to/imagenet (train/<wnid>/, val/<wnid>/)" >&2; exit 2)
+	$(BIN)/dvc exp run -S 'pipelines/params.yaml:pipeline.imagenet_source=[$(IMAGENET)]' \
+	  -S 'pipelines/params.yaml:pipeline.imagenet_methods=$(IMAGENET_METHODS)'
+
+# Benchmarks on this machine's CPU (and `bnas bench --device cuda` on a GPU): results/bench.{json,md}.
+bench: install
+	$(BIN)/bnas bench --device cpu --data data/cifar10
 
 test: install
 	$(BIN)/ruff check harness methods tests

@@ -412,6 +412,30 @@ def profile(
 
 
 @cli.command()
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Prepared CIFAR-10 (real batches and the loader benchmark); without it, random batches.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("results"),
+    show_default=True,
+    help="bench.json (merged per device) and bench.md go here.",
+)
+@click.option("--quick", is_flag=True, help="Tiny sizes, one repeat: checks that everything runs (not a measurement).")
+@click.option("--threads", type=int, default=0, help="OMP_NUM_THREADS for the benchmark processes (0: torch default).")
+def bench(device: str, data: Path | None, out: Path, quick: bool, threads: int) -> None:
+    """Search iteration (work-sharing vs per-op supernet), training, evaluation and loader throughput."""
+    from harness.bench import run_bench
+
+    click.echo(json.dumps(run_bench(out, device, data, quick, threads), indent=2, default=str))
+
+
+@cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
 @click.option("--port", default=5000, show_default=True, help="Port.")
 def ui(host: str, port: int) -> None:

@@ -451,25 +451,35 @@ def write_tables(tables: list[Table], out_dir: str | Path) -> list[Path]:
 def finish_pipeline_run(
     runs_root: str | Path, results: Path, figures: list[Path], profile: str, experiment_prefix: str = "bnas"
 ) -> str | None:
-    """Log each method's aggregate (mean/std/n of top-1 over seeds), the tables and the figures to the MLflow parent
-    run of this pipeline run (see :meth:`harness.tracking.Tracker.pipeline_parent`) and finish it."""
+    """Log each method's aggregate (mean/std/n of top-1 over seeds) to the MLflow parent run of this pipeline run in
+    each dataset's experiment (see :meth:`harness.tracking.Tracker.pipeline_parent`), the tables and figures to the
+    CIFAR-10 one, and finish them. Returns the CIFAR-10 parent's run id."""
     from harness.tracking import Tracker
 
-    tracker = Tracker()
-    run_id = tracker.pipeline_parent(f"{experiment_prefix}-cifar10", profile)
-    tracker.run_id = run_id
-    metrics: dict[str, float] = {}
-    for name, r in collect_runs(runs_root, "cifar10").items():
-        s = summarize(r.top1)
-        metrics[f"{name}/top1_mean"] = s.mean
-        metrics[f"{name}/n_seeds"] = float(s.n)
-        if s.n > 1:
-            metrics[f"{name}/top1_std"] = s.std
-    if metrics:
-        tracker.log_metrics(metrics, step=0)
-    for p in sorted(results.glob("*.md")):
-        tracker.log_artifact(p, "tables")
-    for p in figures:
-        tracker.log_artifact(p, "figures")
-    tracker.end("FINISHED")
-    return run_id
+    first = None
+    for dataset in ("cifar10", "imagenet"):
+        tracker = Tracker()
+        runs = collect_runs(runs_root, dataset)
+        run_id = tracker.pipeline_parent(f"{experiment_prefix}-{dataset}", profile, create=dataset == "cifar10")
+        if run_id is None:
+            continue
+        tracker.run_id = run_id
+        metrics: dict[str, float] = {}
+        for name, r in runs.items():
+            s = summarize(r.top1)
+            metrics[f"{name}/top1_mean"] = s.mean
+            metrics[f"{name}/n_seeds"] = float(s.n)
+            if s.n > 1:
+                metrics[f"{name}/top1_std"] = s.std
+        if metrics:
+            tracker.log_metrics(metrics, step=0)
+        if dataset == "cifar10":
+            first = run_id
+            for p in sorted(results.glob("*.md")):
+                tracker.log_artifact(p, "tables")
+            for p in figures:
+                tracker.log_artifact(p, "figures")
+        elif (results / "imagenet.md").is_file():
+            tracker.log_artifact(results / "imagenet.md", "tables")
+        tracker.end("FINISHED")
+    return first

@@ -104,7 +104,7 @@ def test_constraints_pin_the_tested_torch_pair():
     assert pins["dvc"].startswith("3.")
 
 
-def _micro_copy(dst: Path, cifar_cache: Path) -> None:
+def _micro_copy(dst: Path, cifar_cache: Path, imagenette: Path) -> None:
     """A copy of the repository (tracked files) whose params select a micro profile: 1 search, 1 seed, 1 baseline."""
     import shutil
     import subprocess
@@ -137,19 +137,22 @@ def _micro_copy(dst: Path, cifar_cache: Path) -> None:
         "searches": [
             {"search": "search", "seed": 2, "derive": "--gamma 1", "retrain": "bnas_searched", "train_seed": 0}
         ],
+        "imagenet_source": [str(imagenette)],  # the opt-in ImageNet path, on the real Imagenette subset
+        "imagenet_methods": ["bnas_d"],
+        "imagenet_seeds": [0],
     }
     (dst / "pipelines" / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(cifar_cache, dst / "data" / "cifar10", ignore=shutil.ignore_patterns("raw"))
 
 
-def test_micro_profile_dvc_repro_end_to_end(cifar_cache, tmp_path):
+def test_micro_profile_dvc_repro_end_to_end(cifar_cache, data_root, tmp_path):
     """`dvc repro` in a copy of the repository on real CIFAR-10: tables and figures appear, the MLflow parent run is
     finished, a second repro does nothing, and a changed param makes only its stage stale."""
     import os
     import subprocess
 
     repo = tmp_path / "repo"
-    _micro_copy(repo, cifar_cache)
+    _micro_copy(repo, cifar_cache, data_root / "imagenette")
     env = dict(
         os.environ,
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -173,7 +176,10 @@ def test_micro_profile_dvc_repro_end_to_end(cifar_cache, tmp_path):
     assert {r["run_folder"] for r in rows} == {"bireal_resnet18_cifar", "bnas_searched", ""}
     assert [r["verdict"] for r in rows if r["run_folder"] == ""] == ["not run"]  # BNAS-A: in the paper, not run here
     assert all(float(r["top1_mean"]) > 0 for r in rows if r["n"] != "0")
-    assert (repo / "results" / "imagenet.md").is_file() and (repo / "results" / "ablation.tex").is_file()
+    assert (repo / "results" / "ablation.tex").is_file()
+    im = {r["method"]: r for r in csv.DictReader((repo / "results" / "imagenet.csv").read_text().splitlines()[1:])}
+    assert im["BNAS-D (BNAS-D)"]["n"] == "1" and im["BNAS-D (BNAS-D)"]["verdict"] == "below"
+    assert im["BATS (BATS)"]["verdict"] == "not run"
     figs = sorted(p.name for p in (repo / "results" / "figures").glob("*.png"))
     assert {"accuracy_vs_ops.png", "learning_curves.png", "cells_search_seed2.png", "alphas_search_seed2.png"} <= set(
         figs
@@ -189,6 +195,11 @@ def test_micro_profile_dvc_repro_end_to_end(cifar_cache, tmp_path):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(children) == 3  # search, retrain, bireal
     assert "bireal_resnet18_cifar/top1_mean" in parents[0].data.metrics
+    iexp = client.get_experiment_by_name("bnas-imagenet")  # the ImageNet runs nest under their experiment's parent
+    iruns = client.search_runs([iexp.experiment_id])
+    (iparent,) = [r for r in iruns if r.data.tags.get("bnas.role") == "pipeline"]
+    assert iparent.info.status == "FINISHED" and "bnas_d/top1_mean" in iparent.data.metrics
+    assert [r.data.tags["bnas.method"] for r in iruns if r.data.tags.get("mlflow.parentRunId")] == ["bnas_d"]
     # nothing changed: nothing runs; one param changed: only its stage is stale
     assert "Running stage" not in run("dvc", "repro")
     params = yaml.safe_load((repo / "pipelines" / "params.yaml").read_text())
