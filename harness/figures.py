@@ -93,10 +93,23 @@ def accuracy_vs_ops(runs_root: Path, reference: dict[str, Any], path: Path, prof
     ax.grid(alpha=0.3)
     ax = axes[1]
     paper = [(r["flops"], r["top1"], f"{r['method']} ({r['backbone']})") for r in reference.get("imagenet", [])]
-    for x, y, label in paper:
-        marker = "*" if label.startswith("BNAS") else "o"
-        ax.scatter(x, y, marker=marker, s=80 if marker == "*" else 30, color="#d62728" if marker == "*" else "#555")
-        ax.annotate(label, (x, y), fontsize=6, xytext=(4, 2), textcoords="offset points")
+    placed: list[tuple[float, float, bool]] = []
+    for x, y, label in sorted(paper, key=lambda p: -p[1]):
+        bnas = label.startswith("BNAS")
+        marker = "*" if bnas else "o"
+        ax.scatter(x, y, marker=marker, s=80 if bnas else 30, color="#d62728" if bnas else "#555")
+        # BNAS labels left of their stars, the others right; a label close to one already placed on its side moves
+        # down a line, so that none hides another
+        clash = sum(side == bnas and abs(px - x) < 0.3 and abs(py - y) < 0.8 for px, py, side in placed)
+        placed.append((x, y, bnas))
+        ax.annotate(
+            label,
+            (x, y),
+            fontsize=6,
+            xytext=(-5 if bnas else 5, 2 - 8 * clash),
+            textcoords="offset points",
+            ha="right" if bnas else "left",
+        )
     front = _pareto([(x, y) for x, y, _ in paper])
     if len(front) > 1:
         ax.plot(*zip(*front, strict=True), "--", color="#555", lw=1, label="Pareto front (paper numbers)")
@@ -104,6 +117,8 @@ def accuracy_vs_ops(runs_root: Path, reference: dict[str, Any], path: Path, prof
     for name, r in imnet.items():
         if r.top1 and not math.isnan(r.ops):
             ax.scatter(r.ops / 1e8, sum(r.top1) / len(r.top1), marker="D", color="#2ca02c", label=f"ours: {name}")
+    if paper:
+        ax.set_xlim(min(x for x, _, _ in paper) - 0.75, max(x for x, _, _ in paper) + 0.9)
     ax.set_xlabel("FLOPs (1e8; the poster's groups)")
     ax.set_ylabel("ImageNet top-1 (%)")
     ax.set_title(
