@@ -238,3 +238,26 @@ def test_release_lr_offset_uses_the_next_epochs_cosine_value():
     assert release.w_opt.param_groups[0]["lr"] == pytest.approx(0.001 + 0.024 * (1 + math.cos(math.pi / 50)) / 2)
     ours.new_epoch(1)
     assert ours.w_opt.param_groups[0]["lr"] == release.w_opt.param_groups[0]["lr"]
+
+
+def test_drop_path_ramps_linearly_and_acts_per_sample_on_op_outputs():
+    from harness.engine import DropPathSchedule
+
+    m = timm.create_model("bnas_a", layers=5, init_channels=8)
+    sched = DropPathSchedule(0.2)  # bnas.md §5.3: 0.2 * epoch / epochs
+    for epoch, p in ((0, 0.0), (300, 0.1), (599, 0.2 * 599 / 600)):
+        sched.on_epoch_start(m, epoch, 600)
+        assert m.drop_path_prob == pytest.approx(p)
+    x = torch.randn(8, 3, 32, 32)
+    m.train()
+    m.drop_path_prob = 0.0
+    torch.manual_seed(0)
+    base = m(x)
+    m.drop_path_prob = 0.5
+    torch.manual_seed(0)
+    dropped = m(x)
+    changed = (dropped - base).abs().amax(dim=1) > 1e-6
+    assert 0 < int(changed.sum()) <= 8  # masks are drawn per sample
+    m.eval()
+    with torch.no_grad():  # no drop-path at evaluation (XNOR re-centring in place leaves ~1e-7 float residue)
+        torch.testing.assert_close(m(x), m(x), rtol=1e-5, atol=1e-6)
