@@ -166,7 +166,54 @@ def bench_loader(data: str | None, batch: int, device: str, **_: Any) -> dict:
     return {"img_s": n / (time.perf_counter() - t)}
 
 
-BENCHMARKS = {"search": bench_search, "train": bench_train, "eval": bench_eval, "loader": bench_loader}
+def bench_ddp(data: str | None, device: str, nproc: int, images: int, model: str, **kw: Any) -> dict:
+    """Training images/s of a real `bnas train` run (one epoch on `images` CIFAR-10 images) with `nproc` processes
+    (torchrun + DDP, gloo on CPU); the machine's cores are split between the processes."""
+    import tempfile
+
+    if not data:
+        return {"img_s": None, "note": "no prepared CIFAR-10 given (--data)"}
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        params = Path(tmp) / "params.yaml"
+        kwargs = json.dumps(kw) if kw else "{}"
+        params.write_text(
+            f"data: {{train_subset: {images}, test_subset: 64}}\n"
+            f"train: {{model: {model}, epochs: 1, batch_size: {64 // nproc}, device: {device}, nproc_per_node: {nproc},"
+            f" threads: {max(1, cores // nproc)}, eval_interval: 1, model_kwargs: {kwargs}}}\n"
+            "tracking: {enabled: false}\n"
+        )
+        env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(max(1, cores // nproc)))
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "harness.cli",
+                "train",
+                "--params",
+                str(params),
+                "--data",
+                data,
+                "--out",
+                str(Path(tmp) / "run"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(res.stderr[-2000:])
+        m = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
+    return {"img_s": m["perf/train_img_s"], "world_size": m["world_size"], "global_batch": 64 // nproc * nproc}
+
+
+BENCHMARKS = {
+    "search": bench_search,
+    "train": bench_train,
+    "eval": bench_eval,
+    "loader": bench_loader,
+    "ddp": bench_ddp,
+}
 
 
 def _sub(name: str, kwargs: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -224,6 +271,12 @@ def run_bench(
     e = _sub("eval", {"model": "bnas_a", "batch": eval_b, "repeats": rep, **common, **small["bnas_a"]}, threads)
     r["eval_img_s"], r["eval_model"] = e["img_s"], "bnas_a"
     r["loader_img_s"] = _sub("loader", {"batch": train_b, **common}, threads)["img_s"]
+    if not gpu:  # DDP scaling 1 -> 2 processes on this CPU (same global batch 64, the cores split between them)
+        ddp = {"images": 256 if quick else 2048, "model": "bireal_resnet18_cifar", **common, **small["bireal"]}
+        one, two = _sub("ddp", {"nproc": 1, **ddp}, threads), _sub("ddp", {"nproc": 2, **ddp}, threads)
+        r["ddp_train_img_s"] = {"1": one["img_s"], "2": two["img_s"]}
+        if one["img_s"] and two["img_s"]:
+            r["ddp_scaling_efficiency"] = two["img_s"] / one["img_s"]
     r["quick"] = quick
     r["real_images"] = bool(data)
     r["machine"] = machine_info(device)
@@ -248,6 +301,7 @@ def _markdown(allr: dict[str, Any]) -> str:
         ("train Bi-Real-18 (img/s)", "train_bireal18_img_s", "{:.1f}"),
         ("eval BNAS-A (img/s)", "eval_img_s", "{:.0f}"),
         ("CIFAR loader (img/s)", "loader_img_s", "{:.0f}"),
+        ("DDP 2 processes / 1 process, same cores (bnas train, Bi-Real-18)", "ddp_scaling_efficiency", "{:.2f}"),
     ]
     devs = sorted(allr)
     lines = [f"<!-- {GENERATED} -->", "", "# Benchmarks", ""]
