@@ -374,17 +374,15 @@ def load_config(
     for g in GROUPS:
         if g in entry:
             raw[g] = deep_merge(raw.get(g), entry[g])
-    profile = raw.get("profile") or ""
-    if profile and profile not in (raw.get("profiles") or {}) and recipe is None and not method:
-        pass  # a resolved run config (config.yaml) records its profile without the profiles group
-    elif profile:
-        if profile not in (raw.get("profiles") or {}):
-            known = ", ".join(sorted(raw.get("profiles") or {})) or "none defined"
+    profile, profiles = raw.get("profile") or "", raw.get("profiles") or {}
+    # a resolved run config (config.yaml, loaded as is) records its profile without the profiles group
+    if profile and (profile in profiles or recipe is not None or method):
+        if profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "none defined"
             raise ConfigError(f"{source}: profile: unknown profile '{profile}' (params group 'profiles': {known})")
-        for g, v in (raw.get("profiles") or {}).get(profile, {}).items():
-            raw[g] = deep_merge(raw.get(g), v)
-        for g, v in (entry.get("profiles") or {}).get(profile, {}).items():
-            raw[g] = deep_merge(raw.get(g), v)
+        for groups in (profiles[profile], (entry.get("profiles") or {}).get(profile, {})):
+            for g, v in groups.items():
+                raw[g] = deep_merge(raw.get(g), v)
     if recipe is not None or method:
         for key in ("recipes", "profiles", "methods", "pipeline"):
             raw.pop(key, None)

@@ -203,15 +203,14 @@ class XnorWeight(nn.Module):
             rows = self.binary_rows = rows.to(w.device)
         if self.center or self.clamp:
             with torch.no_grad():
-                v = w
+                # in place on the binarised filters (all, or the `binary_rows` ones): no copy in the common case
+                v = w if rows is None else w[rows]
                 if self.center:
-                    v = v - v.mean(dim=1, keepdim=True)
+                    v.sub_(v.mean(dim=1, keepdim=True))
                 if self.clamp:
-                    v = v.clamp(-1.0, 1.0)
-                if rows is None:
-                    w.copy_(v)
-                else:
-                    w.copy_(torch.where(rows.view(-1, 1, 1, 1), v, w))
+                    v.clamp_(-1.0, 1.0)
+                if rows is not None:
+                    w[rows] = v
         return _XnorWeightFn.apply(w, self.grad, self.pow2_scale, rows)
 
     def extra_repr(self) -> str:
