@@ -92,9 +92,19 @@ def _batch(data: str | None, n: int, dev: Any) -> tuple[Any, Any]:
 
 
 def bench_search(
-    impl: str, batch: int, layers: int, channels: int, repeats: int, device: str, data: str | None = None
+    impl: str,
+    batch: int,
+    layers: int,
+    channels: int,
+    repeats: int,
+    device: str,
+    data: str | None = None,
+    amp: bool = True,
+    compile: bool = False,
+    checkpointing: bool = False,
 ) -> dict[str, Any]:
-    """Seconds per BNAS search iteration (arch step + weight step, XNOR binarisation and rescale)."""
+    """Seconds per BNAS search iteration (arch step + weight step, XNOR binarisation and rescale); on CUDA with bf16
+    autocast unless `amp` is False (as `bnas search`)."""
     import torch
 
     from methods.bnas.search import BnasSearcher
@@ -102,49 +112,86 @@ def bench_search(
 
     dev = torch.device(device)
     torch.manual_seed(0)
-    net = SuperNet(channels, layers, impl=impl).to(dev)  # type: ignore[arg-type]
-    s = BnasSearcher(net)
+    net = SuperNet(channels, layers, impl=impl, activation_checkpointing=checkpointing).to(dev)  # type: ignore[arg-type]
+    if compile:
+        net.compile()
+    s = BnasSearcher(net, amp_dtype=torch.bfloat16 if (amp and dev.type == "cuda") else None)
     b = _batch(data, batch, dev)  # the same images serve as the weight and the architecture batch (timing only)
-    times = _timed(lambda: s.step(b, b), 1, repeats, dev)
-    return {"s": statistics.median(times), "times": times, "peak_mb": _peak_mb(dev)}
+    t0 = time.perf_counter()
+    s.step(b, b)  # warm-up (and compilation)
+    _sync(dev)
+    first = time.perf_counter() - t0
+    times = _timed(lambda: s.step(b, b), 1 if compile else 0, repeats, dev)
+    return {"s": statistics.median(times), "times": times, "first_s": first, "peak_mb": _peak_mb(dev)}
 
 
-def bench_train(model: str, batch: int, repeats: int, device: str, data: str | None = None, **kw: Any) -> dict:
-    """Training images per second (forward, backward, SGD step) of a timm model on CIFAR-10 batches."""
+def _model(model: str, dev: Any, compile: bool, kw: dict[str, Any]) -> Any:
+    """A timm model as `bnas train` runs it: channels_last on CUDA, optionally compiled."""
     import timm
     import torch
 
     import methods  # noqa: F401
 
+    m = timm.create_model(model, num_classes=10, **kw).to(dev)
+    if dev.type == "cuda":
+        m = m.to(memory_format=torch.channels_last)
+    if compile:
+        m.compile()
+    return m
+
+
+def _amp(dev: Any) -> Any:
+    import contextlib
+
+    import torch
+
+    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+
+
+def bench_train(
+    model: str, batch: int, repeats: int, device: str, data: str | None = None, compile: bool = False, **kw: Any
+) -> dict:
+    """Training images per second (forward, backward, SGD step) of a timm model on CIFAR-10 batches; on CUDA as
+    `bnas train` runs it (bf16 autocast, channels_last)."""
+    import torch
+
     dev = torch.device(device)
     torch.manual_seed(0)
-    m = timm.create_model(model, num_classes=10, **kw).to(dev).train()
+    m = _model(model, dev, compile, kw).train()
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
     x, y = _batch(data, batch, dev)
+    if dev.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
-        loss = torch.nn.functional.cross_entropy(m(x), y)
+        with _amp(dev):
+            loss = torch.nn.functional.cross_entropy(m(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
+    t0 = time.perf_counter()
+    step()
+    _sync(dev)
+    first = time.perf_counter() - t0
     times = _timed(step, 1, repeats, dev)
-    return {"img_s": batch / statistics.median(times), "times": times, "peak_mb": _peak_mb(dev)}
+    return {"img_s": batch / statistics.median(times), "times": times, "first_s": first, "peak_mb": _peak_mb(dev)}
 
 
-def bench_eval(model: str, batch: int, repeats: int, device: str, data: str | None = None, **kw: Any) -> dict:
-    """Evaluation images per second (eval mode, no grad)."""
-    import timm
+def bench_eval(
+    model: str, batch: int, repeats: int, device: str, data: str | None = None, compile: bool = False, **kw: Any
+) -> dict:
+    """Evaluation images per second (eval mode, no grad; bf16 autocast and channels_last on CUDA)."""
     import torch
 
-    import methods  # noqa: F401
-
     dev = torch.device(device)
-    m = timm.create_model(model, num_classes=10, **kw).to(dev).eval()
+    m = _model(model, dev, compile, kw).eval()
     x, _ = _batch(data, batch, dev)
+    if dev.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def fwd() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), _amp(dev):
             m(x)
 
     times = _timed(fwd, 1, repeats, dev)
@@ -235,9 +282,18 @@ def _sub(name: str, kwargs: dict[str, Any], threads: int) -> dict[str, Any]:
 
 
 def run_bench(
-    out: str | Path, device: str = "cpu", data: str | Path | None = None, quick: bool = False, threads: int = 0
+    out: str | Path,
+    device: str = "cpu",
+    data: str | Path | None = None,
+    quick: bool = False,
+    threads: int = 0,
+    compile: bool = False,
 ) -> dict[str, Any]:
-    """All benchmarks on `device`; merges the result into out/bench.json (other devices kept) and writes bench.md."""
+    """All benchmarks on `device`; merges the result into out/bench.json (other devices kept) and writes bench.md.
+
+    On CUDA it also measures the search without autocast (fp32), with activation checkpointing, and (with
+    `compile`) torch.compile'd search and BNAS-A training; and it converts the per-iteration figures into the time of
+    a 50-epoch paper search and of one BNAS-A CIFAR-10 training epoch (estimates, labelled so)."""
     data = str(data) if data else None
     gpu = device == "cuda"
     if quick:  # a schema smoke test: tiny sizes, 1 repeat
@@ -268,6 +324,37 @@ def run_bench(
     r["train_bnas_a_img_s"], r["train_bnas_a_peak_mb"] = a["img_s"], a["peak_mb"]
     r["train_bireal18_img_s"], r["train_bireal18_peak_mb"] = b["img_s"], b["peak_mb"]
     r["train_batch"] = train_b
+    if gpu:  # variants: a failure is recorded, the rest of the benchmark stands
+        variants: list[tuple[str, dict[str, Any], dict[str, str]]] = [
+            ("search", {"impl": "shared", **search, **common, "amp": False}, {"s": "search_iter_fp32_s"}),
+            (
+                "search",
+                {"impl": "shared", **search, **common, "checkpointing": True},
+                {"s": "search_iter_checkpointing_s", "peak_mb": "search_checkpointing_peak_mb"},
+            ),
+        ]
+        if compile:
+            variants += [
+                (
+                    "search",
+                    {"impl": "shared", **search, **common, "compile": True},
+                    {"s": "search_iter_compiled_s", "first_s": "search_compile_first_s"},
+                ),
+                (
+                    "train",
+                    {"model": "bnas_a", "batch": train_b, "repeats": rep, **common, **small["bnas_a"], "compile": True},
+                    {"img_s": "train_bnas_a_compiled_img_s", "first_s": "train_bnas_a_compile_first_s"},
+                ),
+            ]
+        for name, kw, keys in variants:
+            try:
+                v = _sub(name, kw, threads)
+                r.update({dst: v[src] for src, dst in keys.items()})
+            except Exception as e:  # noqa: BLE001 - recorded in the result
+                r.setdefault("errors", []).append(f"{name} {kw}: {e}")
+        # 50 epochs x 391 iterations (25k weight images / 64); the per-epoch evaluation is not included
+        r["search_50_epochs_h_est"] = 50 * -(-25_000 // search["batch"]) * r["search_iter_s"] / 3600
+        r["train_bnas_a_epoch_s_est"] = 50_000 / r["train_bnas_a_img_s"]
     e = _sub("eval", {"model": "bnas_a", "batch": eval_b, "repeats": rep, **common, **small["bnas_a"]}, threads)
     r["eval_img_s"], r["eval_model"] = e["img_s"], "bnas_a"
     r["loader_img_s"] = _sub("loader", {"batch": train_b, **common}, threads)["img_s"]
@@ -302,6 +389,13 @@ def _markdown(allr: dict[str, Any]) -> str:
         ("eval BNAS-A (img/s)", "eval_img_s", "{:.0f}"),
         ("CIFAR loader (img/s)", "loader_img_s", "{:.0f}"),
         ("DDP 2 processes / 1 process, same cores (bnas train, Bi-Real-18)", "ddp_scaling_efficiency", "{:.2f}"),
+        ("search iteration, fp32 (no autocast) (s)", "search_iter_fp32_s", "{:.3f}"),
+        ("search iteration, activation checkpointing (s)", "search_iter_checkpointing_s", "{:.3f}"),
+        ("search peak memory, activation checkpointing (MB)", "search_checkpointing_peak_mb", "{:.0f}"),
+        ("search iteration, torch.compile (s)", "search_iter_compiled_s", "{:.3f}"),
+        ("train BNAS-A, torch.compile (img/s)", "train_bnas_a_compiled_img_s", "{:.0f}"),
+        ("50-epoch paper search, ESTIMATE from the iteration time (h)", "search_50_epochs_h_est", "{:.2f}"),
+        ("BNAS-A CIFAR-10 epoch, ESTIMATE from img/s (s)", "train_bnas_a_epoch_s_est", "{:.1f}"),
     ]
     devs = sorted(allr)
     lines = [f"<!-- {GENERATED} -->", "", "# Benchmarks", ""]

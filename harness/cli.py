@@ -26,6 +26,26 @@ class _Group(click.Group):
             raise click.ClickException(str(e)) from None
 
 
+def _maybe_torchrun(nproc: int) -> None:
+    """One DVC stage = one `bnas` call: with nproc > 1 (and not already under torchrun) relaunch this very command
+    under torchrun on this node and exit with its status."""
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        import subprocess
+        import sys
+
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "harness.cli",
+            *sys.argv[1:],
+        ]
+        raise SystemExit(subprocess.call(cmd))
+
+
 def _overrides(seed: int | None, sets: tuple[str, ...], group: str = "train") -> dict[str, Any]:
     from harness.config import parse_override
 
@@ -167,22 +187,7 @@ def train(
     if init_from is not None:
         overrides["train.init_from"] = str(init_from)
     cfg = load_config(params, overrides, recipe=recipe, method=method)  # fail fast, before importing torch
-    if cfg.train.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
-        # one DVC stage = one `bnas train` call: relaunch this very command under torchrun (single node)
-        import subprocess
-        import sys
-
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={cfg.train.nproc_per_node}",
-            "-m",
-            "harness.cli",
-            *sys.argv[1:],
-        ]
-        raise SystemExit(subprocess.call(cmd))
+    _maybe_torchrun(cfg.train.nproc_per_node)
     from harness.training import run_train
 
     metrics = run_train(cfg, data, out, resume=resume, method=method)
@@ -204,9 +209,12 @@ def search(
     from harness.config import load_config
 
     cfg = load_config(params, _overrides(seed, sets, "search"), recipe="", method=method)
+    _maybe_torchrun(cfg.search.nproc_per_node)
     from harness.searching import run_search
 
-    click.echo(json.dumps(run_search(cfg, data, out, resume=resume, method=method or "bnas"), sort_keys=True))
+    result = run_search(cfg, data, out, resume=resume, method=method or "bnas")
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(json.dumps(result, sort_keys=True))
 
 
 @cli.command()
@@ -428,11 +436,12 @@ def profile(
 )
 @click.option("--quick", is_flag=True, help="Tiny sizes, one repeat: checks that everything runs (not a measurement).")
 @click.option("--threads", type=int, default=0, help="OMP_NUM_THREADS for the benchmark processes (0: torch default).")
-def bench(device: str, data: Path | None, out: Path, quick: bool, threads: int) -> None:
+@click.option("--compile", "compile_", is_flag=True, help="CUDA: also time torch.compile'd search and BNAS-A training.")
+def bench(device: str, data: Path | None, out: Path, quick: bool, threads: int, compile_: bool) -> None:
     """Search iteration (work-sharing vs per-op supernet), training, evaluation and loader throughput."""
     from harness.bench import run_bench
 
-    click.echo(json.dumps(run_bench(out, device, data, quick, threads), indent=2, default=str))
+    click.echo(json.dumps(run_bench(out, device, data, quick, threads, compile_), indent=2, default=str))
 
 
 @cli.command()

@@ -83,6 +83,7 @@ class TrainConfig:
     log_interval: int = 50  # progress-bar refresh and non-finite-loss check interval on CUDA (every step on CPU)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     nproc_per_node: int = 1  # > 1: `bnas train` relaunches itself under torchrun with this many processes (DDP)
+    compile: bool = False  # torch.compile the model (minutes of first compile: for long GPU runs, not for tests)
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra model arguments, e.g. {scale_shape: factorised}
     init_from: str = ""  # initialise the model from this model.pt (weights only), e.g. stage 1 of a two-stage recipe
     recipe: str = ""  # name of the recipe (params group `recipes`) applied to this run; set by --recipe
@@ -97,7 +98,7 @@ class SearchConfig:
     init_channels: int = 16  # C of the supernet's first cells
     layers: int = 8  # supernet cells (reductions at layers//3 and 2*layers//3)
     epochs: int = 50  # search epochs
-    batch_size: int = 64  # per process, for both the weight and the architecture batches
+    batch_size: int = 64  # global, for both the weight and the architecture batches; each rank takes batch/world_size
     lr: float = 0.025  # weights: SGD lr, cosine-annealed per epoch to lr_min
     lr_min: float = 0.001
     momentum: float = 0.9
@@ -122,6 +123,11 @@ class SearchConfig:
     official_stale_filter: bool = False  # first release: preprocess and res conv weights binarised in search (§8.2)
     official_lr_offset: bool = False  # release: scheduler stepped before each epoch, so epoch e uses cosine(e + 1)
     supernet: Literal["shared", "reference"] = "shared"  # shared: BN/sign/pools once per state (same math, faster)
+    amp: bool = True  # bf16 autocast of the supernet forwards on CUDA; ignored on CPU
+    compile: bool = False  # torch.compile the supernet (long first compile: for long GPU searches, not for tests)
+    activation_checkpointing: bool = False  # recompute each cell in backward: less memory for large batches
+    nproc_per_node: int = 1  # > 1: `bnas search` relaunches itself under torchrun (shards both batches, DDP-style)
+    sync_bn: bool = True  # distributed: BN statistics over the global batch (same math as one process)
 
 
 @dataclass(frozen=True)

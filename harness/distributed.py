@@ -9,7 +9,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["Runtime", "setup_runtime", "teardown_runtime", "all_reduce_sum", "all_gather_objects"]
+__all__ = [
+    "Runtime",
+    "setup_runtime",
+    "teardown_runtime",
+    "all_reduce_sum",
+    "all_gather_objects",
+    "GlobalBatchNorm2d",
+    "convert_sync_batchnorm",
+]
 
 
 @dataclass(frozen=True)
@@ -74,3 +82,58 @@ def all_gather_objects(obj: Any, rt: Runtime) -> list[Any]:
     out: list[Any] = [None] * rt.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm2d whose training-mode statistics are those of the global batch over all ranks (gloo/CPU too).
+
+    torch.nn.SyncBatchNorm only runs on accelerators; this is the same math for any backend: one differentiable
+    all-reduce of (sum, sum of squares, count) per call, accumulated in float64. Outside training, or in one process,
+    it is a plain BatchNorm2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        xd = x.double()
+        local = torch.cat([xd.sum((0, 2, 3)), (xd * xd).sum((0, 2, 3)), xd.new_full((1,), x.numel() / x.shape[1])])
+        tot = all_reduce(local)
+        c = x.shape[1]
+        n = tot[-1]
+        mean = tot[:c] / n
+        var = (tot[c : 2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            self.num_batches_tracked.add_(1)
+            f = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            with torch.no_grad():
+                unbiased = var * n / (n - 1).clamp_min(1)
+                self.running_mean.mul_(1 - f).add_(mean.to(self.running_mean.dtype), alpha=f)
+                self.running_var.mul_(1 - f).add_(unbiased.to(self.running_var.dtype), alpha=f)
+        inv = torch.rsqrt(var + self.eps).to(x.dtype)
+        y = (x - mean.to(x.dtype).view(1, -1, 1, 1)) * inv.view(1, -1, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y
+
+
+def convert_sync_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Every BatchNorm2d of `module` computes global-batch statistics: torch.nn.SyncBatchNorm on CUDA,
+    :class:`GlobalBatchNorm2d` elsewhere. Parameters and buffers are kept."""
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if type(child) is torch.nn.BatchNorm2d:
+            ref = next(iter(child.parameters()), None)
+            ref = ref if ref is not None else child.running_mean
+            kw = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
+            new = GlobalBatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats, **kw
+            )
+            new.load_state_dict(child.state_dict())
+            new.train(child.training)
+            setattr(module, name, new)
+        else:
+            convert_sync_batchnorm(child, device)
+    return module

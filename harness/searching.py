@@ -136,8 +136,9 @@ def run_search(
     sc = cfg.search
     out = Path(out)
     rt = setup_runtime(sc.device)
-    if rt.distributed:
-        raise DataError("distributed search is not implemented yet; run `bnas search` as one process")
+    if sc.batch_size % rt.world_size:
+        raise DataError(f"search.batch_size {sc.batch_size} (global) is not divisible by the {rt.world_size} processes")
+    main = rt.is_main
     try:
         if sc.threads > 0:
             torch.set_num_threads(sc.threads)
@@ -145,10 +146,13 @@ def run_search(
         tr_x, tr_y = _split(ds.train_x, ds.train_y, ds.search_train_idx, sc.train_subset, cfg.data.split_seed)
         va_x, va_y = _split(ds.train_x, ds.train_y, ds.search_val_idx, sc.train_subset, cfg.data.split_seed)
         dev = rt.device
-        # both halves use the training transforms (bnas.md §4); the architecture batches cycle persistently
-        train_loader = CifarLoader(tr_x, tr_y, sc.batch_size, train=True, seed=sc.seed, device=dev)
-        val_loader = CifarLoader(va_x, va_y, sc.batch_size, train=True, seed=sc.seed + 1, device=dev)
-        eval_loader = CifarLoader(va_x, va_y, max(sc.batch_size, 256), train=False, device=dev)
+        # both halves use the training transforms (bnas.md §4); the architecture batches cycle persistently. Each rank
+        # takes its shard of every global batch (same samples and augmentations as one process).
+        shard = {"device": dev, "rank": rt.rank, "world_size": rt.world_size}
+        per_rank = sc.batch_size // rt.world_size
+        train_loader = CifarLoader(tr_x, tr_y, per_rank, train=True, seed=sc.seed, **shard)
+        val_loader = CifarLoader(va_x, va_y, per_rank, train=True, seed=sc.seed + 1, **shard)
+        eval_loader = CifarLoader(va_x, va_y, max(per_rank, 256), train=False, **shard)
         torch.manual_seed(sc.seed)
         net = SuperNet(
             sc.init_channels,
@@ -159,7 +163,17 @@ def run_search(
             impl=sc.supernet,
             official_fp_tail=sc.official_fp_tail,
             binary_preprocess=sc.official_stale_filter,
+            activation_checkpointing=sc.activation_checkpointing,
         ).to(dev)
+        if rt.distributed:
+            from harness.distributed import convert_sync_batchnorm
+
+            if sc.sync_bn:  # BN statistics of the global batch: the single-process math
+                net = convert_sync_batchnorm(net, dev)
+            for t in (*net.parameters(), *net.buffers()):  # every rank starts from rank 0's weights and alphas
+                torch.distributed.broadcast(t.data, 0)
+        if sc.compile:
+            net.compile()
         searcher = BnasSearcher(
             net,
             epochs=sc.epochs,
@@ -174,6 +188,7 @@ def run_search(
             tau=sc.tau,
             official_entropy_bug=sc.official_entropy_bug,
             official_lr_offset=sc.official_lr_offset,
+            amp_dtype=torch.bfloat16 if (sc.amp and dev.type == "cuda") else None,
         )
         cfg_dict, digest = config_to_dict(cfg), code_digest()
         ckpt = out / "checkpoint.pt"
@@ -189,17 +204,21 @@ def run_search(
                     ckpt,
                     "; ".join(diff[:5]),
                 )
-                os.replace(ckpt, out / "checkpoint.stale.pt")
+                if rt.distributed:
+                    torch.distributed.barrier()
+                if main:
+                    os.replace(ckpt, out / "checkpoint.stale.pt")
             else:
                 searcher.load_state_dict(state["model"])
                 set_rng_state(state["rng"])
                 start, history, best = int(state["epoch"]), list(state["history"]), dict(state["best"])
                 run_id = state.get("mlflow_run_id")
                 log.info("resuming search from %s at epoch %d", ckpt, start)
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")
         tracker: Any = None
-        if cfg.tracking.enabled:
+        if cfg.tracking.enabled and main:
             from harness.tracking import Tracker, git_info
 
             tracker = Tracker()
@@ -219,7 +238,7 @@ def run_search(
                     "bnas.data_fingerprint": ds.meta.get("fingerprint", ""),
                     "bnas.torch": torch.__version__,
                     "bnas.device": str(dev),
-                    "bnas.world_size": 1,
+                    "bnas.world_size": rt.world_size,
                 },
                 params=flatten(cfg_dict),
                 run_id=run_id,
@@ -236,7 +255,7 @@ def run_search(
                 n = 0
                 val_iter = itertools.cycle(val_loader) if len(val_loader) else iter(())
                 it = zip(train_loader, val_iter, strict=False)  # the val iterator cycles
-                if progress:
+                if progress and main:
                     from tqdm import tqdm
 
                     it = tqdm(it, total=len(train_loader), desc=f"search {epoch}", leave=False, dynamic_ncols=True)
@@ -251,10 +270,14 @@ def run_search(
                 loss_sum = 0.0
                 with torch.no_grad():
                     for x, y in eval_loader:
-                        logits = net(x)
+                        logits = searcher.forward(x)
                         loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
                         correct += int((logits.argmax(1) == y).sum())
                         total += len(y)
+                if rt.distributed:  # each rank evaluated its shard
+                    sums_t = torch.tensor([loss_sum, correct, total], dtype=torch.float64, device=dev)
+                    torch.distributed.all_reduce(sums_t)
+                    loss_sum, correct, total = sums_t[0].item(), int(sums_t[1].item()), int(sums_t[2].item())
                 g_end = searcher.genotype(exclude_zeroise=sc.no_zeroise)
                 row.update(
                     {
@@ -272,6 +295,8 @@ def run_search(
                     best = {"val_top1": row["val/top1"], "epoch": epoch + 1, "genotype": _genotype_dict(chosen)}
                 history.append(row)
                 gdir = out / "genotypes"
+                if not main:
+                    continue
                 atomic_write_json(
                     gdir / f"epoch{epoch + 1:03d}.json",
                     {
@@ -306,6 +331,11 @@ def run_search(
                 )
             if not history:
                 raise DataError(f"{out}: search.epochs = {sc.epochs}: nothing to search")
+            if rt.distributed:
+                torch.distributed.barrier()
+                if not main:
+                    status = "FINISHED"
+                    return {"rank": rt.rank}
             from methods.bnas.search import derive_genotype
 
             imagenet = derive_genotype(
@@ -337,6 +367,7 @@ def run_search(
                 "search/alpha_entropy": last["alpha_entropy"],
                 "perf/search_s": sum(r["perf/epoch_s"] for r in history),
                 "perf/peak_mem_mb": peak_memory_mb(dev),
+                "world_size": rt.world_size,
             }
             atomic_write_json(out / "metrics.json", metrics)
             atomic_write_text(out / "genotype.txt", json.dumps(best["genotype"]) + "\n")

@@ -178,6 +178,8 @@ def fit(
     model = model.to(rt.device)
     if rt.device.type == "cuda" and tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if tc.compile:  # in place: state_dict keys unchanged
+        model.compile()
     hooks = list(hooks)
     if tc.drop_path > 0:
         hooks.append(DropPathSchedule(tc.drop_path))

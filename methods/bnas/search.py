@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from methods._registry import register_searcher
@@ -99,6 +100,16 @@ class BnasSearcher:
     The arch step does not change the weights, so the second centring only removes the float rounding residue of the
     first (a change of the order of 1e-9); the binary weights and gradients are the release's.
 
+    Distributed (torch.distributed initialised, world size > 1): every rank gets its shard of the global weight and
+    architecture batches; after each step's gradient the gradients (of the alphas in the architecture step, of the
+    weights in the weight step) are averaged over the ranks in one all-reduce, so every rank takes the same optimiser
+    step and the alphas stay identical. With BN statistics over the global batch (the harness converts the BNs) this
+    is the single-process math with the same global batch. DDP's reducer is not used: the two steps differentiate
+    different parameter sets with `torch.autograd.grad`, which its backward hooks do not see.
+
+    `amp_dtype` (CUDA only): forwards under `torch.autocast` with that dtype (bf16: no loss scaling); the losses are
+    computed in float32 and the parameters, gradients and optimiser states stay float32.
+
     Interface: `new_epoch(epoch)`, `step(train_batch, val_batch)`, `genotype()`, `state_dict()`/`load_state_dict()`.
     """
 
@@ -118,8 +129,10 @@ class BnasSearcher:
         tau: float = 7.7,
         official_entropy_bug: bool = False,
         official_lr_offset: bool = False,
+        amp_dtype: torch.dtype | None = None,
     ) -> None:
         self.net = supernet
+        self.amp_dtype = amp_dtype
         self.epochs, self.lam, self.tau = epochs, lam, tau
         self.official_entropy_bug = official_entropy_bug
         self.official_lr_offset = official_lr_offset
@@ -139,9 +152,16 @@ class BnasSearcher:
         for g in self.w_opt.param_groups:
             g["lr"] = _cosine(self.lr, self.lr_min, t, self.epochs)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Supernet logits (float32), under autocast when `amp_dtype` is set and x is on CUDA."""
+        if self.amp_dtype is not None and x.device.type == "cuda":
+            with torch.autocast("cuda", dtype=self.amp_dtype):
+                return self.net(x).float()
+        return self.net(x)
+
     def arch_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(objective, CE, logits) of the architecture step on a validation batch."""
-        logits = self.net(x)
+        logits = self.forward(x)
         ce = F.cross_entropy(logits, y)
         h = mean_entropy(*self.a_params, official_bug=self.official_entropy_bug)
         return ce - diversity_weight(self.epoch, self.lam, self.tau) * h, ce, logits
@@ -153,25 +173,31 @@ class BnasSearcher:
         self.net.train()
         xv, yv = val_batch
         obj, ce_v, lv = self.arch_loss(xv, yv)
-        grads = torch.autograd.grad(obj, self.a_params)
+        grads = _average_over_ranks(torch.autograd.grad(obj, self.a_params))
         for p, g in zip(self.a_params, grads, strict=True):
             p.grad = g
         self.a_opt.step()
         xt, yt = train_batch
-        lt = self.net(xt)
+        lt = self.forward(xt)
         ce_t = F.cross_entropy(lt, yt)
-        grads = torch.autograd.grad(ce_t, self.w_params, allow_unused=True)
+        grads = _average_over_ranks(torch.autograd.grad(ce_t, self.w_params, allow_unused=True))
         for p, g in zip(self.w_params, grads, strict=True):
             p.grad = g
         self.w_opt.step()
         with torch.no_grad():
-            return {
-                "train/loss": float(ce_t),
-                "train/top1": 100.0 * float((lt.argmax(1) == yt).float().mean()),
-                "search/val_loss": float(ce_v),
-                "search/val_top1": 100.0 * float((lv.argmax(1) == yv).float().mean()),
-                "search/objective": float(obj),
-            }
+            m = torch.stack(
+                [
+                    ce_t.detach(),
+                    100.0 * (lt.argmax(1) == yt).float().mean(),
+                    ce_v.detach(),
+                    100.0 * (lv.argmax(1) == yv).float().mean(),
+                    obj.detach(),
+                ]
+            ).float()
+            (m,) = _average_over_ranks((m,))  # the global batch's means (equal shards)
+            v = m.tolist()
+        keys = ("train/loss", "train/top1", "search/val_loss", "search/val_top1", "search/objective")
+        return dict(zip(keys, v, strict=True))
 
     def entropy(self) -> float:
         """Current mean alpha entropy (the correct reading, whatever `official_entropy_bug` says)."""
@@ -195,6 +221,26 @@ class BnasSearcher:
         self.w_opt.load_state_dict(state["w_opt"])  # type: ignore[arg-type]
         self.a_opt.load_state_dict(state["a_opt"])  # type: ignore[arg-type]
         self.epoch = int(state["epoch"])  # type: ignore[arg-type]
+
+
+def _average_over_ranks(tensors: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...]:
+    """Average tensors over the ranks of the default process group in one all-reduce (identity for one process).
+    None entries (parameters outside this step's graph, the same on every rank) are passed through."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensors
+    present = [t for t in tensors if t is not None]
+    flat = torch.cat([t.reshape(-1) for t in present])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    out: list[torch.Tensor | None] = []
+    offset = 0
+    for t in tensors:
+        if t is None:
+            out.append(None)
+            continue
+        out.append(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+    return tuple(out)
 
 
 def _cosine(base: float, eta_min: float, epoch: int, total: int) -> float:

@@ -24,11 +24,14 @@ Release switches (bnas.md §8):
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from methods.binary import BinaryConv2d, XnorWeight
 from methods.bnas.genotypes import PRIMITIVES
@@ -209,6 +212,8 @@ class SuperNet(nn.Module):
         impl: "shared" (BN+sign and pools once per input state, grouped convs) or "reference" (per-op).
         official_fp_tail: release BinOp index bug: the last N convs keep FP weights (module docstring).
         binary_preprocess: first-release stale-name filter: preprocess and res conv weights binarised.
+        activation_checkpointing: keep only each cell's inputs for backward and recompute the cell there (less memory,
+            about one more forward of time); BN running statistics are updated once, as without it.
     """
 
     def __init__(
@@ -223,8 +228,10 @@ class SuperNet(nn.Module):
         impl: Literal["shared", "reference"] = "shared",
         official_fp_tail: bool = False,
         binary_preprocess: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.activation_checkpointing = activation_checkpointing
         if impl == "shared":
             from methods.bnas.supernet_shared import SharedSearchCell
 
@@ -288,9 +295,35 @@ class SuperNet(nn.Module):
         s0 = s1 = self.stem(x)
         w_normal = F.softmax(self.alphas_normal, dim=-1)
         w_reduce = F.softmax(self.alphas_reduce, dim=-1)
+        ckpt = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+            w = w_reduce if cell.reduction else w_normal
+            if ckpt:
+                s0, s1 = s1, checkpoint(cell, s0, s1, w, use_reentrant=False, context_fn=_frozen_bn_recompute(cell))
+            else:
+                s0, s1 = s1, cell(s0, s1, w)
         return self.classifier(self.global_pool(s1).flatten(1))
+
+
+def _frozen_bn_recompute(module: nn.Module) -> Callable[[], tuple[Any, Any]]:
+    """checkpoint() context_fn: the forward runs as usual; the recomputation in backward leaves the BN running
+    statistics (and their batch counters) as the forward left them, so they are updated once per forward."""
+
+    @contextlib.contextmanager
+    def frozen() -> Iterator[None]:
+        bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in bns]
+        for m in bns:
+            m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+        try:
+            yield
+        finally:
+            for m, (mom, nbt) in zip(bns, saved, strict=True):
+                m.momentum = mom
+                if nbt is not None:
+                    m.num_batches_tracked.copy_(nbt)
+
+    return lambda: (contextlib.nullcontext(), frozen())
 
 
 def release_fp_tail(net: SuperNet) -> list[tuple[int, int, str]]:

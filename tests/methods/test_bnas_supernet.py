@@ -139,3 +139,30 @@ def test_shared_cell_runs_one_bn_and_one_conv_per_state_and_kernel():
     assert sum(len(s.convs) for s in cell.state_ops) == 20
     bns = [m for m in cell.state_ops.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(bns) == 15  # BN before sign, after max pool and after avg pool, once per state
+
+
+def test_activation_checkpointing_gives_the_same_gradients_and_bn_statistics():
+    """search.activation_checkpointing recomputes each cell in backward: same loss, gradients and running
+    statistics (updated once per forward, not again by the recomputation)."""
+    ref, _ = _pair()
+    torch.manual_seed(0)
+    ck = SuperNet(init_channels=4, layers=5, impl="reference", activation_checkpointing=True).double()
+    ck.load_state_dict(ref.state_dict())
+    for q in ck.xnor_quantizers():
+        q.pow2_scale = True
+    x = torch.randn(6, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(6) % 10
+    out = []
+    for net in (ref, ck):
+        net.train()
+        loss = F.cross_entropy(net(x), y)
+        out.append((loss, torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-12, atol=0)
+    for (name, _), ga, gb in zip(ref.named_parameters(), out[0][1], out[1][1], strict=True):
+        assert (ga is None) == (gb is None), name
+        if ga is not None:
+            torch.testing.assert_close(gb, ga, rtol=1e-9, atol=1e-12, msg=name)
+    sa, sb = ref.state_dict(), ck.state_dict()
+    for k in sa:  # running means/vars and num_batches_tracked as after one plain forward
+        torch.testing.assert_close(sb[k], sa[k], rtol=1e-12, atol=0, msg=k)
+    assert int(sb["cells.0.preprocess0.bn.num_batches_tracked"]) == 1
