@@ -413,6 +413,8 @@ def _markdown(allr: dict[str, Any]) -> str:
             f"train batch {r.get('train_batch', '?')}"
             + ("; QUICK (schema test sizes, not a measurement)" if r.get("quick") else "")
         )
+        lines += [f"  - {n}" for n in r.get("notes", [])]
+        lines += [f"  - error: {e}" for e in r.get("errors", [])]
     return "\n".join(lines) + "\n"
 
 
