@@ -6,6 +6,7 @@ formula, its gradient estimator and its paper. Weight quantizers take a conv wei
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Literal
 
@@ -63,8 +64,25 @@ def get_quantizer(q: QuantizerLike) -> nn.Module | None:
 
 
 def binary_sign(x: torch.Tensor) -> torch.Tensor:
-    """sign with sign(0) = +1, in x's dtype (no gradient)."""
-    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+    """sign with sign(0) = sign(-0.0) = +1, in x's dtype (no gradient).
+
+    One vectorised copysign (x + 0.0 turns -0.0 into +0.0): on CPU `torch.where(x >= 0, 1.0, -1.0)` was ~6x slower
+    and was 10 % of a BNAS-A training step.
+    """
+    return torch.copysign(x.new_ones(()), x + 0.0)
+
+
+@functools.cache
+def _next_up(value: float, dtype: torch.dtype) -> float:
+    """The smallest number of `dtype` above `value` (exactly representable in `dtype`)."""
+    return float(torch.nextafter(torch.tensor(value, dtype=dtype), torch.tensor(float("inf"), dtype=dtype)))
+
+
+def ste_mask_grad(g: torch.Tensor, x: torch.Tensor, clip: float) -> torch.Tensor:
+    """g where |x| <= clip, else 0, in one fused kernel (hardtanh's backward, which excludes its bounds, called with
+    the bounds moved one ulp out so that |x| = clip passes, as BinaryNet's STE 1_{|x| <= 1})."""
+    c = _next_up(clip, x.dtype)
+    return torch.ops.aten.hardtanh_backward(g, x, -c, c)
 
 
 class _SignSTE(torch.autograd.Function):
@@ -77,7 +95,7 @@ class _SignSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return g * (x.abs() <= ctx.clip).to(g.dtype), None
+        return ste_mask_grad(g, x, ctx.clip), None
 
 
 class _ApproxSignFn(torch.autograd.Function):

@@ -165,3 +165,23 @@ def test_flip_ratio_and_saturation():
     s = stats.summary(per_layer=True)
     assert s["binary/flip_ratio"] == pytest.approx(0.25) and s["binary/saturation"] == pytest.approx(0.25)
     assert s["binary/flip_ratio/0"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_fast_sign_and_ste_mask_equal_their_straightforward_forms(dtype):
+    """binary_sign (one copysign) and ste_mask_grad (hardtanh's fused backward, bounds one ulp out) are the plain
+    where/abs/compare forms bit for bit, at the edge cases too: +-0 (sign +1), |x| = clip exactly (gradient passes),
+    one ulp either side of the clip."""
+    from methods.binary.quantizers import binary_sign, ste_mask_grad
+
+    g = torch.Generator().manual_seed(0)
+    x = (1.5 * torch.randn(50_000, dtype=torch.float64, generator=g)).to(dtype)
+    one = torch.tensor(1.0, dtype=dtype)
+    ulps = [torch.nextafter(one, torch.tensor(v, dtype=dtype)) for v in (2.0, 0.0)]
+    edge = torch.tensor([0.0, -0.0, 1.0, -1.0, 2.0, -2.0], dtype=dtype)
+    x = torch.cat([x, edge, *[u.view(1) for u in ulps], *[-u.view(1) for u in ulps]])
+    grad = torch.randn(len(x), dtype=torch.float64, generator=g).to(dtype)
+    assert torch.equal(binary_sign(x), torch.where(x >= 0, 1.0, -1.0).to(dtype))
+    assert binary_sign(torch.tensor([-0.0], dtype=dtype)).item() == 1.0
+    for clip in (1.0, 0.5, 1.3):
+        assert torch.equal(ste_mask_grad(grad, x, clip), grad * (x.abs() <= clip).to(dtype)), clip
