@@ -78,11 +78,20 @@ def _next_up(value: float, dtype: torch.dtype) -> float:
     return float(torch.nextafter(torch.tensor(value, dtype=dtype), torch.tensor(float("inf"), dtype=dtype)))
 
 
-def ste_mask_grad(g: torch.Tensor, x: torch.Tensor, clip: float) -> torch.Tensor:
-    """g where |x| <= clip, else 0, in one fused kernel (hardtanh's backward, which excludes its bounds, called with
-    the bounds moved one ulp out so that |x| = clip passes, as BinaryNet's STE 1_{|x| <= 1})."""
-    c = _next_up(clip, x.dtype)
-    return torch.ops.aten.hardtanh_backward(g, x, -c, c)
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def ste_bounds(clip: float) -> dict[torch.dtype, float]:
+    """Per floating dtype, the bound one ulp above `clip` that :func:`ste_mask_grad` takes (computed eagerly, once, so
+    that torch.compile traces no scalar extraction)."""
+    return {dt: _next_up(clip, dt) for dt in _FLOAT_DTYPES}
+
+
+def ste_mask_grad(g: torch.Tensor, x: torch.Tensor, bound: float) -> torch.Tensor:
+    """g where |x| <= clip, else 0, in one fused kernel: hardtanh's backward excludes its bounds, so it is called with
+    `bound` = the next number of x's dtype above clip (see :func:`ste_bounds`), and |x| = clip passes, as BinaryNet's
+    STE 1_{|x| <= 1}."""
+    return torch.ops.aten.hardtanh_backward(g, x, -bound, bound)
 
 
 class _SignSTE(torch.autograd.Function):
@@ -95,7 +104,7 @@ class _SignSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return ste_mask_grad(g, x, ctx.clip), None
+        return ste_mask_grad(g, x, ctx.clip), None  # ctx.clip: the bound one ulp above the clip value
 
 
 class _ApproxSignFn(torch.autograd.Function):
@@ -124,9 +133,10 @@ class SteSign(nn.Module):
     def __init__(self, clip_value: float = 1.0) -> None:
         super().__init__()
         self.clip_value = clip_value
+        self._bounds = ste_bounds(clip_value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _SignSTE.apply(x, self.clip_value)
+        return _SignSTE.apply(x, self._bounds[x.dtype])
 
     def extra_repr(self) -> str:
         return f"clip_value={self.clip_value}"
