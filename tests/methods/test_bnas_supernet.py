@@ -166,3 +166,19 @@ def test_activation_checkpointing_gives_the_same_gradients_and_bn_statistics():
     for k in sa:  # running means/vars and num_batches_tracked as after one plain forward
         torch.testing.assert_close(sb[k], sa[k], rtol=1e-12, atol=0, msg=k)
     assert int(sb["cells.0.preprocess0.bn.num_batches_tracked"]) == 1
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_channels_last_pools_equal_nchw_pools_including_ties(stride):
+    """The shared cell runs its pools channels_last on CPU (4-6x faster there). Integer-valued inputs are full of ties:
+    outputs and the gradient's route through a max-pool tie must be the same as in NCHW, bit for bit."""
+    x = torch.randint(0, 3, (8, 5, 12, 12), generator=torch.Generator().manual_seed(0)).double()
+    g = torch.randn(8, 5, (12 + stride - 1) // stride, (12 + stride - 1) // stride, dtype=torch.float64)
+    for pool in (torch.nn.MaxPool2d(3, stride, 1), torch.nn.AvgPool2d(3, stride, 1, count_include_pad=False)):
+        a = x.clone().requires_grad_(True)
+        b = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        ya, yb = pool(a), pool(b).contiguous()
+        assert torch.equal(ya, yb)
+        (ga,) = torch.autograd.grad(ya, a, g)
+        (gb,) = torch.autograd.grad(yb, b, g)
+        assert torch.equal(ga, gb), pool
