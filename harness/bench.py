@@ -64,8 +64,13 @@ def _sync(dev: Any) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _timed(fn: Any, warmup: int, repeats: int, dev: Any) -> list[float]:
-    for _ in range(warmup):
+def _timed(fn: Any, warmup: int, repeats: int, dev: Any) -> tuple[float, list[float]]:
+    """(seconds of the first warm-up call, incl. any compilation; seconds of each of `repeats` timed calls)."""
+    t0 = time.perf_counter()
+    fn()
+    _sync(dev)
+    first = time.perf_counter() - t0
+    for _ in range(warmup - 1):
         fn()
     _sync(dev)
     out = []
@@ -74,7 +79,7 @@ def _timed(fn: Any, warmup: int, repeats: int, dev: Any) -> list[float]:
         fn()
         _sync(dev)
         out.append(time.perf_counter() - t)
-    return out
+    return first, out
 
 
 def _batch(data: str | None, n: int, dev: Any) -> tuple[Any, Any]:
@@ -117,11 +122,7 @@ def bench_search(
         net.compile()
     s = BnasSearcher(net, amp_dtype=torch.bfloat16 if (amp and dev.type == "cuda") else None)
     b = _batch(data, batch, dev)  # the same images serve as the weight and the architecture batch (timing only)
-    t0 = time.perf_counter()
-    s.step(b, b)  # warm-up (and compilation)
-    _sync(dev)
-    first = time.perf_counter() - t0
-    times = _timed(lambda: s.step(b, b), 1 if compile else 0, repeats, dev)
+    first, times = _timed(lambda: s.step(b, b), 2 if compile else 1, repeats, dev)
     return {"s": statistics.median(times), "times": times, "first_s": first, "peak_mb": _peak_mb(dev)}
 
 
@@ -141,11 +142,11 @@ def _model(model: str, dev: Any, compile: bool, kw: dict[str, Any]) -> Any:
 
 
 def _amp(dev: Any) -> Any:
-    import contextlib
+    """The autocast `bnas train` uses with the default config (bf16 on CUDA, none on CPU)."""
+    from harness.config import TrainConfig
+    from harness.engine import autocast
 
-    import torch
-
-    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+    return autocast(TrainConfig(), dev)
 
 
 def bench_train(
@@ -170,11 +171,7 @@ def bench_train(
         loss.backward()
         opt.step()
 
-    t0 = time.perf_counter()
-    step()
-    _sync(dev)
-    first = time.perf_counter() - t0
-    times = _timed(step, 1, repeats, dev)
+    first, times = _timed(step, 2, repeats, dev)
     return {"img_s": batch / statistics.median(times), "times": times, "first_s": first, "peak_mb": _peak_mb(dev)}
 
 
@@ -194,7 +191,7 @@ def bench_eval(
         with torch.no_grad(), _amp(dev):
             m(x)
 
-    times = _timed(fwd, 1, repeats, dev)
+    _, times = _timed(fwd, 1, repeats, dev)
     return {"img_s": batch / statistics.median(times), "times": times, "peak_mb": _peak_mb(dev)}
 
 

@@ -22,7 +22,7 @@ import torch
 from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from harness.config import Config, config_to_dict, flatten, save_config
 from harness.data import CifarLoader, load_cifar10, stratified_subset
-from harness.distributed import setup_runtime, teardown_runtime
+from harness.distributed import all_reduce_sum, setup_runtime, teardown_runtime
 from harness.errors import DataError
 from harness.io import atomic_path, atomic_write_json, atomic_write_text
 from harness.training import _config_diff, _write_history, code_digest, peak_memory_mb
@@ -275,8 +275,9 @@ def run_search(
                         correct += int((logits.argmax(1) == y).sum())
                         total += len(y)
                 if rt.distributed:  # each rank evaluated its shard
-                    sums_t = torch.tensor([loss_sum, correct, total], dtype=torch.float64, device=dev)
-                    torch.distributed.all_reduce(sums_t)
+                    sums_t = all_reduce_sum(
+                        torch.tensor([loss_sum, correct, total], dtype=torch.float64, device=dev), rt
+                    )
                     loss_sum, correct, total = sums_t[0].item(), int(sums_t[1].item()), int(sums_t[2].item())
                 g_end = searcher.genotype(exclude_zeroise=sc.no_zeroise)
                 row.update(

@@ -96,15 +96,15 @@ def ste_mask_grad(g: torch.Tensor, x: torch.Tensor, bound: float) -> torch.Tenso
 
 class _SignSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, clip: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, bound: float) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
-        ctx.clip = clip
+        ctx.bound = bound  # one ulp above the clip value (ste_bounds)
         return binary_sign(x)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return ste_mask_grad(g, x, ctx.clip), None  # ctx.clip: the bound one ulp above the clip value
+        return ste_mask_grad(g, x, ctx.bound), None
 
 
 class _ApproxSignFn(torch.autograd.Function):
