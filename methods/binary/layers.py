@@ -3,6 +3,9 @@
 With no quantizers and no scale it is exactly `nn.Conv2d`. Padding is explicit: a binary conv's input is padded with
 `pad_value` *after* quantisation, so the border is 0 (a third value: the layer is then not strictly binary at the
 border, as in most PyTorch releases) or +1 (strictly binary, larq's `pad_values=1.0`).
+
+On CPU in float32, a conv whose input quantizer gives exactly +-1 (`signs_only`) and whose weight quantizer gives
++-alpha per output filter (`scaled_signs`) runs its forward as an exact int8 conv (:mod:`methods.binary.int8_conv`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods.binary.int8_conv import int8_binary_conv2d, int8_conv_enabled
 from methods.binary.quantizers import QuantizerLike, get_quantizer
 
 __all__ = ["BinaryConv2d"]
@@ -68,19 +72,55 @@ class BinaryConv2d(nn.Conv2d):
     def binary_weight(self) -> bool:
         return self.weight_quantizer is not None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_quantizer is None and self.weight_quantizer is None and self.scale is None:
-            return super().forward(x)
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
+    def _int8_ok(self, x: torch.Tensor, signs: bool) -> bool:
+        return (
+            signs
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.groups == 1
+            and self.bias is None
+            and self.pad_value == 0.0
+            and getattr(self.weight_quantizer, "scaled_signs", False)
+            and int8_conv_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()
+        )
+
+    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        """The conv's output (then a ReLU if `relu`: in place on the conv's output, which its backward does not need;
+        fused into the int8 forward where that runs)."""
+        if self.input_quantizer is None:
+            return self._conv(x, relu, int8=False)
+        signs = getattr(self.input_quantizer, "signs_only", False)
+        return self._conv(self.input_quantizer(x), relu, signs and self._int8_ok(x, True))
+
+    def forward_signs(self, xb: torch.Tensor, relu: bool = False, any_layout: bool = False) -> torch.Tensor:
+        """As :meth:`forward` for an input the caller has already binarised to exactly +-1, skipping the input
+        quantizer (the BNAS search computes one sign per input state for all its convs). With `any_layout` the int8
+        forward's output stays channels_last (same values; saves a copy where the caller does not care)."""
+        return self._conv(xb, relu, self._int8_ok(xb, True), any_layout)
+
+    def _conv(self, x: torch.Tensor, relu: bool, int8: bool, any_layout: bool = False) -> torch.Tensor:
+        if self.weight_quantizer is None and self.scale is None and self.pad_value == 0.0:
+            y = super().forward(x)
+            return F.relu_(y) if relu else y
         w = self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
+        if int8:
+            fuse = relu and self.scale is None
+            y = int8_binary_conv2d(x, w, self.stride, self.padding, self.dilation, fuse, any_layout)
+            if self.scale is None:
+                return y
+            y = self.scale(y)
+            return F.relu_(y) if relu else y
         ph, pw = self.padding if isinstance(self.padding, tuple) else (self.padding, self.padding)
         if self.pad_value != 0.0 and (ph or pw):
             x = F.pad(x, (pw, pw, ph, ph), value=self.pad_value)
             y = F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
         else:
             y = F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        return y if self.scale is None else self.scale(y)
+        if self.scale is not None:
+            y = self.scale(y)
+        return F.relu_(y) if relu else y
 
     def extra_repr(self) -> str:
         clip = f", weight_clip={self.weight_clip}" if self.weight_clip is not None else ""

@@ -129,6 +129,8 @@ class SteSign(nn.Module):
     """
 
     bit_width = 1
+    signs_only = True  # outputs exactly +-1
+    scaled_signs = True  # as a weight quantizer: +-alpha per output filter (alpha = 1)
 
     def __init__(self, clip_value: float = 1.0) -> None:
         super().__init__()
@@ -153,6 +155,8 @@ class ApproxSign(nn.Module):
     """
 
     bit_width = 1
+    signs_only = True
+    scaled_signs = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _ApproxSignFn.apply(x)
@@ -225,6 +229,11 @@ class XnorWeight(nn.Module):
         self.pow2_scale = False
         self.binary_rows: torch.Tensor | None = None
 
+    @property
+    def scaled_signs(self) -> bool:
+        """Every output filter is +-alpha (no full-precision `binary_rows`)."""
+        return self.binary_rows is None
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         rows = self.binary_rows
         if rows is not None and rows.device != w.device:
@@ -273,6 +282,7 @@ class MagnitudeAwareSign(nn.Module):
     """
 
     bit_width = 1
+    scaled_signs = True  # +-alpha per output filter
 
     def __init__(self, variant: Literal["release", "paper"] = "release") -> None:
         super().__init__()

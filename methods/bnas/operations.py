@@ -40,10 +40,9 @@ class BinConvBlock(nn.Module):
             input_quantizer="ste_sign",
             weight_quantizer=xnor_weight_quantizer(),
         )
-        self.relu = nn.ReLU(inplace=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.conv(self.bn(x)))
+        return self.conv(self.bn(x), relu=True)
 
 
 class Zeroise(nn.Module):

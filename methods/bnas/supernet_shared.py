@@ -12,13 +12,14 @@ the techniques are those measured in search_performance.md:
 
 The mixing uses one fused multiply-add per op over all edges of a state at once. On CPU the pools (and their BNs) run
 channels_last: PyTorch's NCHW CPU max/avg-pool kernels were 4-6x slower at these shapes; the values, including which
-element a max-pool tie routes its gradient to, are the same.
+element a max-pool tie routes its gradient to, are the same. On CPU in float32 the binary convs run their forward as
+exact int8 convs (:mod:`methods.binary.int8_conv`); their outputs and the pools' stay channels_last into the mixing
+(no layout copies; the mixed sums are the same numbers in either layout).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from methods.binary import BinaryConv2d, SteSign
@@ -67,7 +68,7 @@ class StateOps(nn.Module):
         if self.bn is not None:
             xb = self.sign(self.bn(h))
             for conv in self.convs.values():
-                y = F.relu_(conv(xb))  # the conv's backward does not need its output
+                y = conv.forward_signs(xb, relu=True, any_layout=True)
                 y = y.view(y.shape[0], self.n_edges, self.c, y.shape[2], y.shape[3])
                 acc = y * coef[col] if acc is None else torch.addcmul(acc, y, coef[col])
                 col += 1
@@ -75,7 +76,7 @@ class StateOps(nn.Module):
         if self.pools and h.device.type == "cpu":  # CPU pools are 4-6x faster channels_last (same values, same ties)
             hp = h.contiguous(memory_format=torch.channels_last)
         for pool in self.pools.values():
-            p = pool(hp).contiguous().unsqueeze(1)
+            p = pool(hp).unsqueeze(1)
             acc = p * coef[col] if acc is None else torch.addcmul(acc, p, coef[col])
             col += 1
         assert acc is not None
