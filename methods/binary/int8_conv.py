@@ -21,7 +21,14 @@ import os
 import torch
 import torch.nn.functional as F
 
-__all__ = ["int8_binary_conv2d", "int8_conv_available", "int8_conv_enabled", "set_int8_conv"]
+__all__ = [
+    "backward_will_use",
+    "int8_binary_conv2d",
+    "int8_conv_available",
+    "int8_conv_enabled",
+    "int8_conv_forward",
+    "set_int8_conv",
+]
 
 _enabled = os.environ.get("BNAS_INT8_CONV", "1") not in ("0", "false", "False")
 
@@ -32,7 +39,7 @@ _CL_CHANNELS = 64
 _ONE = torch.ones(1)
 
 
-def _will_run(edge: object) -> bool:
+def backward_will_use(edge: object) -> bool:
     """Whether the backward pass in progress will use this gradient edge (torch.autograd.grad(..., inputs=...)
     skips the rest: the BNAS architecture step never computes weight gradients). True when it cannot tell."""
     try:
@@ -62,7 +69,7 @@ def int8_conv_available() -> bool:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(2, 5, 6, 6, generator=g).sign()
         w = torch.randn(4, 5, 3, 3, generator=g).sign() * torch.tensor([0.5, 0.25, 1.0, 2.0]).view(-1, 1, 1, 1)
-        y = _forward(x, w, (1, 1), (1, 1), (1, 1), relu=False)
+        y = int8_conv_forward(x, w, (1, 1), (1, 1), (1, 1), relu=False)
         return torch.equal(y, F.conv2d(x.double(), w.double(), None, 1, 1).float())
     except (RuntimeError, NotImplementedError):
         return False
@@ -72,7 +79,7 @@ def _pair(v: int | tuple[int, ...]) -> list[int]:
     return [v, v] if isinstance(v, int) else list(v)
 
 
-def _forward(
+def int8_conv_forward(
     x: torch.Tensor,
     w: torch.Tensor,
     stride: list[int],
@@ -81,6 +88,8 @@ def _forward(
     relu: bool,
     any_layout: bool = False,
 ) -> torch.Tensor:
+    """The int8 forward alone (no autograd): see :func:`int8_binary_conv2d`; `stride`, `padding`, `dilation` are
+    2-lists."""
     alpha = w.abs().amax(dim=(1, 2, 3)).contiguous()
     w8 = torch.sign(w).to(torch.int8)
     xu = torch.gt(x, 0).view(torch.uint8).mul_(2)  # {-1, +1} -> {0, 2}, zero point 1
@@ -102,7 +111,7 @@ def _forward(
 class _Int8BinaryConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, stride, padding, dilation, relu, any_layout):  # type: ignore[override]
-        y = _forward(x.detach(), w.detach(), stride, padding, dilation, relu, any_layout)
+        y = int8_conv_forward(x.detach(), w.detach(), stride, padding, dilation, relu, any_layout)
         ctx.save_for_backward(x, w, y if relu else None)
         ctx.conf = (stride, padding, dilation, relu)
         ctx.edges = [torch.autograd.graph.get_gradient_edge(t) if t.requires_grad else None for t in (x, w)]
@@ -114,7 +123,7 @@ class _Int8BinaryConv(torch.autograd.Function):
         stride, padding, dilation, relu = ctx.conf
         if relu:
             g = torch.ops.aten.threshold_backward(g, y, 0)
-        need = [e is not None and _will_run(e) for e in ctx.edges] + [False]
+        need = [e is not None and backward_will_use(e) for e in ctx.edges] + [False]
         gx, gw, _ = torch.ops.aten.convolution_backward(
             g, x, w, None, stride, padding, dilation, False, [0, 0], 1, need
         )

@@ -292,6 +292,10 @@ class SuperNet(nn.Module):
         return [m for m in self.modules() if isinstance(m, XnorWeight)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and self.impl == "shared":
+            # the shared cell's int8 convs and pools work channels_last on CPU: with every activation (and gradient)
+            # in that layout the backward pass gathers edge gradients by plain copies, not transposes
+            x = x.contiguous(memory_format=torch.channels_last)
         s0 = s1 = self.stem(x)
         w_normal = F.softmax(self.alphas_normal, dim=-1)
         w_reduce = F.softmax(self.alphas_reduce, dim=-1)

@@ -20,13 +20,112 @@ exact int8 convs (:mod:`methods.binary.int8_conv`); their outputs and the pools'
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from methods.binary import BinaryConv2d, SteSign
+from methods.binary.int8_conv import backward_will_use, int8_conv_forward
 from methods.bnas.operations import xnor_weight_quantizer
 from methods.bnas.supernet import CONV_OPS, SearchCell, SearchCellBase, SuperNet, conv_geometry, edge_index
 
 __all__ = ["StateOps", "SharedSearchCell", "copy_from_reference"]
+
+
+def _grad_edge(t: torch.Tensor) -> object | None:
+    return torch.autograd.graph.get_gradient_edge(t) if t.requires_grad else None
+
+
+class _MixedConvs(torch.autograd.Function):
+    """The mixed outputs of the E edges of one state (a tuple of E (N, C, H', W') tensors):
+    sum_k coef[k, e] * relu(conv_k(xb))[:, e] + sum_j coef[K + j, e] * pool_j.
+
+    One node for the state instead of a conv, a ReLU and a multiply-add per op. Its backward applies the ReLU mask
+    once per conv to the incoming gradient G and folds the mixing coefficients into the conv weights of the backward
+    conv (coef > 0, so coef * relu(conv(x, W)) = relu(conv(x, coef * W))): no G * coef tensor per op, and the
+    coefficient gradients, sum(G * y), only where the backward pass needs them (the architecture step), as the weight
+    gradients only in the weight step.
+    """
+
+    @staticmethod
+    def forward(ctx, xb, coef, geoms, int8, n_edges, n_convs, *tensors):  # type: ignore[override]
+        # 4-D (N, E*C, H', W') tensors wherever possible: the int8 convs' outputs are channels_last, and 5-D views of
+        # them are not dense in any order TensorIterator can coalesce (elementwise ops on them ran 5-10x slower)
+        ws, pools = tensors[:n_convs], tensors[n_convs:]
+        acc: torch.Tensor | None = None
+        ys = []
+        for k, (w, (stride, pad, dil)) in enumerate(zip(ws, geoms, strict=True)):
+            if int8:
+                y = int8_conv_forward(xb, w, stride, pad, dil, relu=True, any_layout=True)
+            else:
+                y = F.conv2d(xb, w, None, stride, pad, dil).relu_()
+            ys.append(y)
+            c = _per_channel(coef[k], y.shape[1] // n_edges)
+            acc = y * c if acc is None else acc.addcmul_(y, c)
+        for j, p in enumerate(pools):
+            term = p.unsqueeze(1) * coef[n_convs + j].view(1, n_edges, 1, 1, 1) if acc is None else None
+            if term is not None:
+                acc = term.view(p.shape[0], -1, *p.shape[2:])
+            else:
+                assert acc is not None
+                _edges(acc, n_edges).addcmul_(p.unsqueeze(1), coef[n_convs + j].view(1, n_edges, 1, 1, 1))
+        assert acc is not None
+        ctx.save_for_backward(xb, coef, *ws, *ys, *pools)
+        ctx.conf = (geoms, n_edges, n_convs)
+        ctx.edges = [_grad_edge(t) for t in (xb, coef, *tensors)]
+        return _edges(acc, n_edges).unbind(1)
+
+    @staticmethod
+    def backward(ctx, *gs):  # type: ignore[override]
+        geoms, n_edges, n_convs = ctx.conf
+        xb, coef, *rest = ctx.saved_tensors
+        ws, ys, pools = rest[:n_convs], rest[n_convs : 2 * n_convs], rest[2 * n_convs :]
+        need = [e is not None and backward_will_use(e) for e in ctx.edges]
+        need_x, need_coef, need_t = need[0], need[1], need[2:]
+        # the edges' gradients, gathered once into the layout of the conv outputs (channels_last from the int8
+        # forward; the states and their gradients are in it too, so these are plain copies, not transposes)
+        if ys:
+            g = torch.empty_like(ys[0])
+        else:
+            p0 = pools[0]
+            g = p0.new_empty((p0.shape[0], n_edges * p0.shape[1], *p0.shape[2:]))
+        g5 = _edges(g, n_edges)
+        for e, ge in enumerate(gs):
+            g5[:, e].copy_(ge)
+        gcoef = torch.zeros_like(coef) if need_coef else None
+        gx: torch.Tensor | None = None
+        gts: list[torch.Tensor | None] = []
+        for k, (w, y, (stride, pad, dil)) in enumerate(zip(ws, ys, geoms, strict=True)):
+            c = y.shape[1] // n_edges
+            if gcoef is not None:
+                gcoef[k] = (g * y).sum(dim=(0, 2, 3)).view(n_edges, c).sum(1)
+            gw = None
+            if need_x or need_t[k]:
+                gm = torch.ops.aten.threshold_backward(g, y, 0)
+                scale = coef[k].repeat_interleave(c).view(-1, 1, 1, 1)
+                gxk, gw, _ = torch.ops.aten.convolution_backward(
+                    gm, xb, w * scale, None, stride, pad, dil, False, [0, 0], 1, [need_x, need_t[k], False]
+                )
+                if gw is not None:
+                    gw = gw * scale
+                if gxk is not None:
+                    gx = gxk if gx is None else gx.add_(gxk)
+            gts.append(gw)
+        for j, p in enumerate(pools):
+            c5 = coef[n_convs + j].view(1, n_edges, 1, 1, 1)
+            if gcoef is not None:
+                gcoef[n_convs + j] = (g5 * p.unsqueeze(1)).sum(dim=(0, 2, 3, 4))
+            gts.append((g5 * c5).sum(1) if need_t[n_convs + j] else None)
+        return gx, gcoef, None, None, None, None, *gts
+
+
+def _per_channel(coef_k: torch.Tensor, c: int) -> torch.Tensor:
+    """(E,) edge coefficients as a (1, E*C, 1, 1) per-channel multiplier."""
+    return coef_k.repeat_interleave(c).view(1, -1, 1, 1)
+
+
+def _edges(t: torch.Tensor, n_edges: int) -> torch.Tensor:
+    """(N, E*C, H, W) -> (N, E, C, H, W) view."""
+    return t.view(t.shape[0], n_edges, t.shape[1] // n_edges, t.shape[2], t.shape[3])
 
 
 class StateOps(nn.Module):
@@ -38,6 +137,8 @@ class StateOps(nn.Module):
         n_edges: how many edges leave the state.
         primitives: the search space (column order of the mixing weights).
     """
+
+    fused = True  # one autograd node for convs + mixing (_MixedConvs); autocast and torch.compile take the op path
 
     def __init__(self, c: int, stride: int, n_edges: int, primitives: tuple[str, ...]) -> None:
         super().__init__()
@@ -59,9 +160,12 @@ class StateOps(nn.Module):
                 nn.AvgPool2d(3, stride, 1, count_include_pad=False), nn.BatchNorm2d(c, affine=False)
             )
         self.columns = [primitives.index(n) for n in (*self.convs, *self.pools)]
+        self.geoms = [(list(c.stride), list(c.padding), list(c.dilation)) for c in self.convs.values()]
 
-    def forward(self, h: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Mixed outputs of all edges: (N, n_edges, C, H', W'); `weights` is (n_edges, len(primitives))."""
+    def forward(self, h: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The mixed outputs of the n_edges edges, each (N, C, H', W'); `weights` is (n_edges, len(primitives))."""
+        if self.fused and not torch.is_autocast_enabled(h.device.type) and not torch.compiler.is_compiling():
+            return self._fused(h, weights)
         coef = weights[:, self.columns].t().reshape(len(self.columns), 1, self.n_edges, 1, 1, 1)
         acc: torch.Tensor | None = None
         col = 0
@@ -80,7 +184,25 @@ class StateOps(nn.Module):
             acc = p * coef[col] if acc is None else torch.addcmul(acc, p, coef[col])
             col += 1
         assert acc is not None
-        return acc
+        # unbind (not indexing): backward stacks the edge gradients once instead of zero-filling and summing one
+        # full-size tensor per edge
+        return acc.unbind(1)
+
+    def _fused(self, h: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The same outputs through one autograd node for the convs and the mixing (:class:`_MixedConvs`)."""
+        coef = weights[:, self.columns].t()  # (ops, edges)
+        hp = h
+        if self.pools and h.device.type == "cpu":
+            hp = h.contiguous(memory_format=torch.channels_last)
+        pools = [pool(hp) for pool in self.pools.values()]
+        if self.bn is None:
+            xb, ws, int8 = h, [], False
+        else:
+            xb = self.sign(self.bn(h))
+            convs = list(self.convs.values())
+            ws = [c.weight_quantizer(c.weight) for c in convs]
+            int8 = all(c._int8_ok(xb, True) for c in convs)
+        return _MixedConvs.apply(xb, coef, self.geoms, int8, self.n_edges, len(ws), *ws, *pools)
 
 
 class SharedSearchCell(SearchCellBase):
@@ -119,13 +241,11 @@ class SharedSearchCell(SearchCellBase):
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        # per state, its edges' mixed outputs; unbind (not indexing) so that backward stacks the edge gradients once
-        # instead of zero-filling and summing one full-size tensor per edge
-        mixed: list[tuple[torch.Tensor, ...]] = []
+        mixed: list[tuple[torch.Tensor, ...]] = []  # per state, its edges' mixed outputs
         for i in range(self.steps):
             while len(mixed) < len(states):
                 h = len(mixed)
-                mixed.append(self.state_ops[h](states[h], weights[self.edge_ids[h]]).unbind(1))
+                mixed.append(self.state_ops[h](states[h], weights[self.edge_ids[h]]))
             s = None
             for h in range(len(states)):
                 term = mixed[h][i - self._nodes_of(h)[0]]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from methods.bnas.search import BnasSearcher
 from methods.bnas.supernet import CONV_OPS, SuperNet, release_fp_tail
-from methods.bnas.supernet_shared import SharedSearchCell, copy_from_reference
+from methods.bnas.supernet_shared import SharedSearchCell, StateOps, copy_from_reference
 
 SWITCHES = {
     "paper": {},
@@ -60,8 +60,10 @@ def _param_name(net: SuperNet, p: torch.Tensor) -> str:
     return next(n for n, q in net.named_parameters() if q is p)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "per_op_mixing"])
 @pytest.mark.parametrize("switches", SWITCHES.values(), ids=SWITCHES.keys())
-def test_shared_supernet_equals_the_per_op_reference(switches):
+def test_shared_supernet_equals_the_per_op_reference(switches, fused, monkeypatch):
+    monkeypatch.setattr(StateOps, "fused", fused)  # False: the op-by-op path that autocast/torch.compile take
     ref, shared = _pair(**switches)
     x = torch.randn(6, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = torch.arange(6) % 10
