@@ -107,10 +107,16 @@ def bench_search(
     amp: bool = True,
     compile: bool = False,
     checkpointing: bool = False,
+    int8: bool = True,
 ) -> dict[str, Any]:
     """Seconds per BNAS search iteration (arch step + weight step, XNOR binarisation and rescale); on CUDA with bf16
-    autocast unless `amp` is False (as `bnas search`)."""
+    autocast unless `amp` is False (as `bnas search`); on CPU with the exact int8 binary forward unless `int8` is
+    False."""
     import torch
+
+    from methods.binary.int8_conv import set_int8_conv
+
+    set_int8_conv(int8)
 
     from methods.bnas.search import BnasSearcher
     from methods.bnas.supernet import SuperNet
@@ -141,20 +147,33 @@ def _model(model: str, dev: Any, compile: bool, kw: dict[str, Any]) -> Any:
     return m
 
 
-def _amp(dev: Any) -> Any:
-    """The autocast `bnas train` uses with the default config (bf16 on CUDA, none on CPU)."""
+def _amp(dev: Any, cpu_amp: bool = False) -> Any:
+    """The autocast `bnas train` uses with the default config (bf16 on CUDA, none on CPU unless `cpu_amp`)."""
     from harness.config import TrainConfig
     from harness.engine import autocast
 
-    return autocast(TrainConfig(), dev)
+    return autocast(TrainConfig(cpu_amp=cpu_amp), dev)
 
 
 def bench_train(
-    model: str, batch: int, repeats: int, device: str, data: str | None = None, compile: bool = False, **kw: Any
+    model: str,
+    batch: int,
+    repeats: int,
+    device: str,
+    data: str | None = None,
+    compile: bool = False,
+    cpu_amp: bool = False,
+    int8: bool = True,
+    **kw: Any,
 ) -> dict:
     """Training images per second (forward, backward, SGD step) of a timm model on CIFAR-10 batches; on CUDA as
-    `bnas train` runs it (bf16 autocast, channels_last)."""
+    `bnas train` runs it (bf16 autocast, channels_last); on CPU float32 with the int8 binary forward (`int8`), or
+    under bf16 autocast (`cpu_amp`)."""
     import torch
+
+    from methods.binary.int8_conv import set_int8_conv
+
+    set_int8_conv(int8)
 
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -165,7 +184,7 @@ def bench_train(
         x = x.contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
-        with _amp(dev):
+        with _amp(dev, cpu_amp):
             loss = torch.nn.functional.cross_entropy(m(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -321,8 +340,23 @@ def run_bench(
     r["train_bnas_a_img_s"], r["train_bnas_a_peak_mb"] = a["img_s"], a["peak_mb"]
     r["train_bireal18_img_s"], r["train_bireal18_peak_mb"] = b["img_s"], b["peak_mb"]
     r["train_batch"] = train_b
+    variants: list[tuple[str, dict[str, Any], dict[str, str]]] = []
+    if not gpu:  # what the int8 forward gives, and bf16 autocast on CPU (opt-in: train.cpu_amp)
+        variants = [
+            ("search", {"impl": "shared", **search, **common, "int8": False}, {"s": "search_iter_float_fwd_s"}),
+            (
+                "train",
+                {"model": "bnas_a", "batch": train_b, "repeats": rep, **common, **small["bnas_a"], "int8": False},
+                {"img_s": "train_bnas_a_float_fwd_img_s"},
+            ),
+            (
+                "train",
+                {"model": "bnas_a", "batch": train_b, "repeats": rep, **common, **small["bnas_a"], "cpu_amp": True},
+                {"img_s": "train_bnas_a_cpu_bf16_img_s", "peak_mb": "train_bnas_a_cpu_bf16_peak_mb"},
+            ),
+        ]
     if gpu:  # variants: a failure is recorded, the rest of the benchmark stands
-        variants: list[tuple[str, dict[str, Any], dict[str, str]]] = [
+        variants = [
             ("search", {"impl": "shared", **search, **common, "amp": False}, {"s": "search_iter_fp32_s"}),
             (
                 "search",
@@ -343,12 +377,13 @@ def run_bench(
                     {"img_s": "train_bnas_a_compiled_img_s", "first_s": "train_bnas_a_compile_first_s"},
                 ),
             ]
-        for name, kw, keys in variants:
-            try:
-                v = _sub(name, kw, threads)
-                r.update({dst: v[src] for src, dst in keys.items()})
-            except Exception as e:  # noqa: BLE001 - recorded in the result
-                r.setdefault("errors", []).append(f"{name} {kw}: {e}")
+    for name, kw, keys in variants:
+        try:
+            v = _sub(name, kw, threads)
+            r.update({dst: v[src] for src, dst in keys.items()})
+        except Exception as e:  # noqa: BLE001 - recorded in the result
+            r.setdefault("errors", []).append(f"{name} {kw}: {e}")
+    if gpu:
         # 50 epochs x 391 iterations (25k weight images / 64); the per-epoch evaluation is not included
         r["search_50_epochs_h_est"] = 50 * -(-25_000 // search["batch"]) * r["search_iter_s"] / 3600
         r["train_bnas_a_epoch_s_est"] = 50_000 / r["train_bnas_a_img_s"]
@@ -387,6 +422,9 @@ def _markdown(allr: dict[str, Any]) -> str:
         ("CIFAR loader (img/s)", "loader_img_s", "{:.0f}"),
         ("DDP 2 processes / 1 process, same cores (bnas train, Bi-Real-18)", "ddp_scaling_efficiency", "{:.2f}"),
         ("search iteration, fp32 (no autocast) (s)", "search_iter_fp32_s", "{:.3f}"),
+        ("search iteration, float32 conv forward instead of int8 (s)", "search_iter_float_fwd_s", "{:.2f}"),
+        ("train BNAS-A, float32 conv forward instead of int8 (img/s)", "train_bnas_a_float_fwd_img_s", "{:.1f}"),
+        ("train BNAS-A, bf16 autocast on CPU (train.cpu_amp) (img/s)", "train_bnas_a_cpu_bf16_img_s", "{:.1f}"),
         ("search iteration, activation checkpointing (s)", "search_iter_checkpointing_s", "{:.3f}"),
         ("search peak memory, activation checkpointing (MB)", "search_checkpointing_peak_mb", "{:.0f}"),
         ("search iteration, torch.compile (s)", "search_iter_compiled_s", "{:.3f}"),

@@ -74,8 +74,9 @@ class TrainConfig:
     label_smoothing: float = 0.0  # timm LabelSmoothingCrossEntropy on training batches (BNAS ImageNet: 0.1)
     clip_grad: float = 0.0  # gradient-norm clip before the weight hooks' rescale; 0 = off (BNAS ImageNet: 5)
     drop_path: float = 0.0  # maximum drop-path probability, ramped linearly as drop_path * epoch / epochs (BNAS: 0.2)
-    amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on CPU
+    amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on CPU (see cpu_amp)
     amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # float16 adds a GradScaler
+    cpu_amp: bool = False  # bf16 autocast on CPU (for CPUs with AVX512-BF16/AMX); off: float32 + exact int8 binary fwd
     channels_last: bool = True  # channels_last memory format on CUDA; ignored on CPU (slower there)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
     seed: int = 0  # model init, dropout/drop-path and data order; the DVC matrix sets it per run

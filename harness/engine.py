@@ -264,9 +264,12 @@ def build_loss(cfg: TrainConfig) -> nn.Module:
 
 
 def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16/fp16 autocast on CUDA when `cfg.amp`; a null context otherwise (CPU runs stay FP32)."""
+    """bf16/fp16 autocast on CUDA when `cfg.amp`; bf16 autocast on CPU when `cfg.cpu_amp`; a null context otherwise
+    (CPU runs stay float32, with the exact int8 forward of the binary convs)."""
     if cfg.amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=getattr(torch, cfg.amp_dtype))
+    if cfg.cpu_amp and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

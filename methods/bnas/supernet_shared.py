@@ -10,11 +10,12 @@ the techniques are those measured in search_performance.md:
    (edges x C) output filters. XNOR binarisation is per output filter, so grouping changes nothing.
 3. Zeroise is not computed; its alpha still gets its gradient through the softmax normalisation.
 
-The mixing uses one fused multiply-add per op over all edges of a state at once. On CPU the pools (and their BNs) run
-channels_last: PyTorch's NCHW CPU max/avg-pool kernels were 4-6x slower at these shapes; the values, including which
-element a max-pool tie routes its gradient to, are the same. On CPU in float32 the binary convs run their forward as
-exact int8 convs (:mod:`methods.binary.int8_conv`); their outputs and the pools' stay channels_last into the mixing
-(no layout copies; the mixed sums are the same numbers in either layout).
+On CPU each state's convs and the mixing are one autograd node (:class:`_MixedConvs`): the binary convs run their
+forward as exact int8 convs (:mod:`methods.binary.int8_conv`), the ReLU mask is applied once per conv in backward, the
+mixing coefficients are folded into the backward conv weights (coef > 0), and the coefficient and weight gradients
+are computed only in the step that needs them. The supernet's CPU activations are channels_last (the int8 convs' and
+the pools' layout: NCHW CPU max/avg-pool kernels were 4-6x slower; values and max-pool tie routing are the same).
+CUDA, autocast and torch.compile take the op-by-op path (`StateOps.fused = False` forces it; tested equal).
 """
 
 from __future__ import annotations
@@ -118,6 +119,10 @@ class _MixedConvs(torch.autograd.Function):
         return gx, gcoef, None, None, None, None, *gts
 
 
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
 def _per_channel(coef_k: torch.Tensor, c: int) -> torch.Tensor:
     """(E,) edge coefficients as a (1, E*C, 1, 1) per-channel multiplier."""
     return coef_k.repeat_interleave(c).view(1, -1, 1, 1)
@@ -138,7 +143,8 @@ class StateOps(nn.Module):
         primitives: the search space (column order of the mixing weights).
     """
 
-    fused = True  # one autograd node for convs + mixing (_MixedConvs); autocast and torch.compile take the op path
+    # one autograd node for convs + mixing (_MixedConvs) on CPU; CUDA, autocast and torch.compile take the op path
+    fused = True
 
     def __init__(self, c: int, stride: int, n_edges: int, primitives: tuple[str, ...]) -> None:
         super().__init__()
@@ -164,7 +170,7 @@ class StateOps(nn.Module):
 
     def forward(self, h: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The mixed outputs of the n_edges edges, each (N, C, H', W'); `weights` is (n_edges, len(primitives))."""
-        if self.fused and not torch.is_autocast_enabled(h.device.type) and not torch.compiler.is_compiling():
+        if self.fused and h.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and not _compiling():
             return self._fused(h, weights)
         coef = weights[:, self.columns].t().reshape(len(self.columns), 1, self.n_edges, 1, 1, 1)
         acc: torch.Tensor | None = None

@@ -245,3 +245,14 @@ def test_resume_is_exact_for_a_binary_model_with_weight_stats(cifar_cache, tmp_p
     resumed = run_train(cfg, cifar_cache, tmp_path / "cut", resume=True, progress=False)
     assert "binary/flip_ratio" in full
     assert strip_perf(resumed) == strip_perf(full)
+
+
+def test_cpu_amp_autocasts_to_bf16_on_cpu_only_when_asked():
+    from harness.config import TrainConfig
+    from harness.engine import autocast
+
+    x, lin = torch.randn(2, 4), torch.nn.Linear(4, 3)
+    with autocast(TrainConfig(), torch.device("cpu")):
+        assert lin(x).dtype == torch.float32  # default: CPU runs stay float32
+    with autocast(TrainConfig(cpu_amp=True), torch.device("cpu")):
+        assert lin(x).dtype == torch.bfloat16

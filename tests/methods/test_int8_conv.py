@@ -145,3 +145,12 @@ def test_bnas_a_forward_on_real_cifar_is_bit_equal_with_and_without_int8(cifar_c
         finally:
             set_int8_conv(True)
     assert torch.equal(outs[0], outs[1])
+
+
+def test_cpu_autocast_takes_the_float_path():
+    conv = BinaryConv2d(8, 8, 3, 1, 1, input_quantizer="ste_sign", weight_quantizer="xnor_weight")
+    x = torch.randn(2, 8, 7, 7, requires_grad=True)
+    assert "Int8" in conv(x).grad_fn.name()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    assert "Int8" not in y.grad_fn.name() and y.dtype == torch.bfloat16
