@@ -184,3 +184,23 @@ def test_channels_last_pools_equal_nchw_pools_including_ties(stride):
         (ga,) = torch.autograd.grad(ya, a, g)
         (gb,) = torch.autograd.grad(yb, b, g)
         assert torch.equal(ga, gb), pool
+
+
+def test_activation_checkpointing_with_the_fused_shared_cell():
+    """The CPU shared cell's fused node (_MixedConvs) under non-reentrant checkpointing: the same gradients."""
+    torch.manual_seed(0)
+    plain = SuperNet(init_channels=4, layers=5, impl="shared").double()
+    ck = SuperNet(init_channels=4, layers=5, impl="shared", activation_checkpointing=True).double()
+    ck.load_state_dict(plain.state_dict())
+    for net in (plain, ck):
+        for q in net.xnor_quantizers():
+            q.pow2_scale = True
+    x = torch.randn(6, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for net in (plain, ck):
+        loss = F.cross_entropy(net.train()(x), torch.arange(6) % 10)
+        grads.append(torch.autograd.grad(loss, list(net.parameters()), allow_unused=True))
+    for a, b in zip(*grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
