@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "backward_will_use",
+    "gradient_edge",
     "int8_binary_conv2d",
     "int8_conv_available",
     "int8_conv_enabled",
@@ -37,6 +38,11 @@ _CL_CHANNELS = 64
 
 
 _ONE = torch.ones(1)
+
+
+def gradient_edge(t: torch.Tensor) -> object | None:
+    """t's gradient edge (for :func:`backward_will_use`), None if t does not require grad."""
+    return torch.autograd.graph.get_gradient_edge(t) if t.requires_grad else None
 
 
 def backward_will_use(edge: object) -> bool:
@@ -114,7 +120,7 @@ class _Int8BinaryConv(torch.autograd.Function):
         y = int8_conv_forward(x.detach(), w.detach(), stride, padding, dilation, relu, any_layout)
         ctx.save_for_backward(x, w, y if relu else None)
         ctx.conf = (stride, padding, dilation, relu)
-        ctx.edges = [torch.autograd.graph.get_gradient_edge(t) if t.requires_grad else None for t in (x, w)]
+        ctx.edges = [gradient_edge(x), gradient_edge(w)]
         return y
 
     @staticmethod

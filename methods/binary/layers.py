@@ -72,10 +72,10 @@ class BinaryConv2d(nn.Conv2d):
     def binary_weight(self) -> bool:
         return self.weight_quantizer is not None
 
-    def _int8_ok(self, x: torch.Tensor, signs: bool) -> bool:
+    def _int8_ok(self, x: torch.Tensor) -> bool:
+        """Whether the int8 forward applies to this conv for a +-1 input like x."""
         return (
-            signs
-            and x.device.type == "cpu"
+            x.device.type == "cpu"
             and x.dtype == torch.float32
             and self.groups == 1
             and self.bias is None
@@ -91,14 +91,14 @@ class BinaryConv2d(nn.Conv2d):
         fused into the int8 forward where that runs)."""
         if self.input_quantizer is None:
             return self._conv(x, relu, int8=False)
-        signs = getattr(self.input_quantizer, "signs_only", False)
-        return self._conv(self.input_quantizer(x), relu, signs and self._int8_ok(x, True))
+        int8 = getattr(self.input_quantizer, "signs_only", False) and self._int8_ok(x)
+        return self._conv(self.input_quantizer(x), relu, int8)
 
     def forward_signs(self, xb: torch.Tensor, relu: bool = False, any_layout: bool = False) -> torch.Tensor:
         """As :meth:`forward` for an input the caller has already binarised to exactly +-1, skipping the input
         quantizer (the BNAS search computes one sign per input state for all its convs). With `any_layout` the int8
         forward's output stays channels_last (same values; saves a copy where the caller does not care)."""
-        return self._conv(xb, relu, self._int8_ok(xb, True), any_layout)
+        return self._conv(xb, relu, self._int8_ok(xb), any_layout)
 
     def _conv(self, x: torch.Tensor, relu: bool, int8: bool, any_layout: bool = False) -> torch.Tensor:
         if self.weight_quantizer is None and self.scale is None and self.pad_value == 0.0:

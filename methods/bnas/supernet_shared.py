@@ -25,15 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.binary import BinaryConv2d, SteSign
-from methods.binary.int8_conv import backward_will_use, int8_conv_forward
+from methods.binary.int8_conv import backward_will_use, gradient_edge, int8_conv_forward
 from methods.bnas.operations import xnor_weight_quantizer
 from methods.bnas.supernet import CONV_OPS, SearchCell, SearchCellBase, SuperNet, conv_geometry, edge_index
 
 __all__ = ["StateOps", "SharedSearchCell", "copy_from_reference"]
-
-
-def _grad_edge(t: torch.Tensor) -> object | None:
-    return torch.autograd.graph.get_gradient_edge(t) if t.requires_grad else None
 
 
 class _MixedConvs(torch.autograd.Function):
@@ -63,16 +59,15 @@ class _MixedConvs(torch.autograd.Function):
             c = _per_channel(coef[k], y.shape[1] // n_edges)
             acc = y * c if acc is None else acc.addcmul_(y, c)
         for j, p in enumerate(pools):
-            term = p.unsqueeze(1) * coef[n_convs + j].view(1, n_edges, 1, 1, 1) if acc is None else None
-            if term is not None:
-                acc = term.view(p.shape[0], -1, *p.shape[2:])
+            c5 = coef[n_convs + j].view(1, n_edges, 1, 1, 1)
+            if acc is None:
+                acc = (p.unsqueeze(1) * c5).flatten(1, 2)
             else:
-                assert acc is not None
-                _edges(acc, n_edges).addcmul_(p.unsqueeze(1), coef[n_convs + j].view(1, n_edges, 1, 1, 1))
+                _edges(acc, n_edges).addcmul_(p.unsqueeze(1), c5)
         assert acc is not None
         ctx.save_for_backward(xb, coef, *ws, *ys, *pools)
         ctx.conf = (geoms, n_edges, n_convs)
-        ctx.edges = [_grad_edge(t) for t in (xb, coef, *tensors)]
+        ctx.edges = [gradient_edge(t) for t in (xb, coef, *tensors)]
         return _edges(acc, n_edges).unbind(1)
 
     @staticmethod
@@ -117,10 +112,6 @@ class _MixedConvs(torch.autograd.Function):
                 gcoef[n_convs + j] = (g5 * p.unsqueeze(1)).sum(dim=(0, 2, 3, 4))
             gts.append((g5 * c5).sum(1) if need_t[n_convs + j] else None)
         return gx, gcoef, None, None, None, None, *gts
-
-
-def _compiling() -> bool:
-    return torch.compiler.is_compiling()
 
 
 def _per_channel(coef_k: torch.Tensor, c: int) -> torch.Tensor:
@@ -170,7 +161,8 @@ class StateOps(nn.Module):
 
     def forward(self, h: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The mixed outputs of the n_edges edges, each (N, C, H', W'); `weights` is (n_edges, len(primitives))."""
-        if self.fused and h.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and not _compiling():
+        cpu = h.device.type == "cpu"
+        if self.fused and cpu and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling():
             return self._fused(h, weights)
         coef = weights[:, self.columns].t().reshape(len(self.columns), 1, self.n_edges, 1, 1, 1)
         acc: torch.Tensor | None = None
@@ -182,9 +174,7 @@ class StateOps(nn.Module):
                 y = y.view(y.shape[0], self.n_edges, self.c, y.shape[2], y.shape[3])
                 acc = y * coef[col] if acc is None else torch.addcmul(acc, y, coef[col])
                 col += 1
-        hp = h
-        if self.pools and h.device.type == "cpu":  # CPU pools are 4-6x faster channels_last (same values, same ties)
-            hp = h.contiguous(memory_format=torch.channels_last)
+        hp = self._pool_input(h)
         for pool in self.pools.values():
             p = pool(hp).unsqueeze(1)
             acc = p * coef[col] if acc is None else torch.addcmul(acc, p, coef[col])
@@ -194,12 +184,16 @@ class StateOps(nn.Module):
         # full-size tensor per edge
         return acc.unbind(1)
 
+    def _pool_input(self, h: torch.Tensor) -> torch.Tensor:
+        """h for the pools: channels_last on CPU (4-6x faster there than NCHW; same values, same max-pool ties)."""
+        if self.pools and h.device.type == "cpu":
+            return h.contiguous(memory_format=torch.channels_last)
+        return h
+
     def _fused(self, h: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The same outputs through one autograd node for the convs and the mixing (:class:`_MixedConvs`)."""
         coef = weights[:, self.columns].t()  # (ops, edges)
-        hp = h
-        if self.pools and h.device.type == "cpu":
-            hp = h.contiguous(memory_format=torch.channels_last)
+        hp = self._pool_input(h)
         pools = [pool(hp) for pool in self.pools.values()]
         if self.bn is None:
             xb, ws, int8 = h, [], False
@@ -207,7 +201,7 @@ class StateOps(nn.Module):
             xb = self.sign(self.bn(h))
             convs = list(self.convs.values())
             ws = [c.weight_quantizer(c.weight) for c in convs]
-            int8 = all(c._int8_ok(xb, True) for c in convs)
+            int8 = all(c._int8_ok(xb) for c in convs)
         return _MixedConvs.apply(xb, coef, self.geoms, int8, self.n_edges, len(ws), *ws, *pools)
 
 
