@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from harness.allocator import keep_freed_memory
+
 __all__ = [
     "Runtime",
     "setup_runtime",
@@ -57,6 +59,7 @@ def setup_runtime(device: str = "auto") -> Runtime:
         dev = torch.device("cuda", local)
     else:
         dev = torch.device("cpu")
+        keep_freed_memory()  # no page faults for the large CPU activations, step after step
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return Runtime(device=dev, rank=rank, world_size=world, local_rank=local)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,10 @@ __all__ = [
     "int8_conv_available",
     "int8_conv_enabled",
     "int8_conv_forward",
+    "int8_sign_conv2d",
     "set_int8_conv",
+    "sign_codes",
+    "signs_from_codes",
 ]
 
 _enabled = os.environ.get("BNAS_INT8_CONV", "1") not in ("0", "false", "False")
@@ -85,6 +89,20 @@ def _pair(v: int | tuple[int, ...]) -> list[int]:
     return [v, v] if isinstance(v, int) else list(v)
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def sign_codes(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) (sign(0) = sign(-0.0) = +1) as the int8 conv's uint8 input: 2 for +1, 0 for -1; x's layout."""
+    return torch.ge(x, 0).view(torch.uint8).mul_(2)
+
+
+def signs_from_codes(xu: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The +-1 tensor (in `dtype`, xu's layout) of :func:`sign_codes`' output."""
+    return xu.to(dtype).sub_(1.0)
+
+
 def int8_conv_forward(
     x: torch.Tensor,
     w: torch.Tensor,
@@ -93,12 +111,13 @@ def int8_conv_forward(
     dilation: list[int],
     relu: bool,
     any_layout: bool = False,
+    codes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The int8 forward alone (no autograd): see :func:`int8_binary_conv2d`; `stride`, `padding`, `dilation` are
-    2-lists."""
+    2-lists. `codes`: x's :func:`sign_codes`, if the caller has them (then x only gives the shape and layout)."""
     alpha = w.abs().amax(dim=(1, 2, 3)).contiguous()
     w8 = torch.sign(w).to(torch.int8)
-    xu = torch.gt(x, 0).view(torch.uint8).mul_(2)  # {-1, +1} -> {0, 2}, zero point 1
+    xu = sign_codes(x) if codes is None else codes  # {-1, +1} -> {0, 2}, zero point 1
     if x.shape[1] > _CL_CHANNELS:
         xu = xu.contiguous(memory_format=torch.channels_last)
     ops = torch.ops.onednn
@@ -111,7 +130,9 @@ def int8_conv_forward(
         xu, 1.0, 1, qw, alpha, zp, None, stride, padding, dilation, 1, 1.0, 0, torch.float32,
         "relu" if relu else "none", [], "",
     )  # fmt: skip
-    return y if any_layout else y.contiguous()  # oneDNN's output is channels_last
+    if any_layout or _is_channels_last(x):
+        return y
+    return y.contiguous()  # oneDNN's output is channels_last
 
 
 class _Int8BinaryConv(torch.autograd.Function):
@@ -134,6 +155,53 @@ class _Int8BinaryConv(torch.autograd.Function):
             g, x, w, None, stride, padding, dilation, False, [0, 0], 1, need
         )
         return gx, gw, None, None, None, None, None
+
+
+class _Int8SignConv(torch.autograd.Function):
+    """conv(sign(x), w) with the sign inside: only x's uint8 codes are made and kept (no float +-1 tensor in the
+    forward pass); the backward rebuilds +-1 from them for the weight gradient and applies the sign's gradient."""
+
+    @staticmethod
+    def forward(ctx, x, w, stride, padding, dilation, relu, sign_grad):  # type: ignore[override]
+        xu = sign_codes(x.detach())
+        y = int8_conv_forward(x.detach(), w.detach(), stride, padding, dilation, relu, codes=xu)
+        ctx.save_for_backward(x, xu, w, y if relu else None)
+        ctx.conf = (stride, padding, dilation, relu, sign_grad)
+        ctx.edges = [gradient_edge(x), gradient_edge(w)]
+        return y
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        x, xu, w, y = ctx.saved_tensors
+        stride, padding, dilation, relu, sign_grad = ctx.conf
+        if relu:
+            g = torch.ops.aten.threshold_backward(g, y, 0)
+        need = [e is not None and backward_will_use(e) for e in ctx.edges] + [False]
+        xs = signs_from_codes(xu, x.dtype)
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            g, xs, w, None, stride, padding, dilation, False, [0, 0], 1, need
+        )
+        del xs
+        if gx is not None:
+            gx = sign_grad(gx, x)
+        return gx, gw, None, None, None, None, None
+
+
+def int8_sign_conv2d(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    sign_grad: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    stride: int | tuple[int, ...] = 1,
+    padding: int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, ...] = 1,
+    relu: bool = False,
+) -> torch.Tensor:
+    """conv2d(sign(x), w) (then ReLU if `relu`), sign(0) = +1, as :func:`int8_binary_conv2d` of sign(x) but with the
+    sign fused in: `sign_grad(g, x)` gives the gradient w.r.t. x from the gradient w.r.t. sign(x) (the input
+    quantizer's estimator: STE, ApproxSign). Same values and gradients as the unfused path, bit for bit; it skips the
+    float +-1 tensor in the forward pass (two passes over the input and its saved copy: the wide BNAS-A
+    preprocessing inputs are 19-38 MB each)."""
+    return _Int8SignConv.apply(x, w, _pair(stride), _pair(padding), _pair(dilation), relu, sign_grad)
 
 
 def int8_binary_conv2d(

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.binary.int8_conv import int8_binary_conv2d, int8_conv_enabled
+from methods.binary.int8_conv import int8_binary_conv2d, int8_conv_enabled, int8_sign_conv2d
 from methods.binary.quantizers import QuantizerLike, get_quantizer
 
 __all__ = ["BinaryConv2d"]
@@ -92,6 +92,10 @@ class BinaryConv2d(nn.Conv2d):
         if self.input_quantizer is None:
             return self._conv(x, relu, int8=False)
         int8 = getattr(self.input_quantizer, "signs_only", False) and self._int8_ok(x)
+        sign_grad = getattr(self.input_quantizer, "sign_grad", None)
+        if int8 and sign_grad is not None and self.scale is None:  # the sign fused into the int8 conv
+            w = self.weight_quantizer(self.weight)
+            return int8_sign_conv2d(x, w, sign_grad, self.stride, self.padding, self.dilation, relu)
         return self._conv(self.input_quantizer(x), relu, int8)
 
     def forward_signs(self, xb: torch.Tensor, relu: bool = False, any_layout: bool = False) -> torch.Tensor:

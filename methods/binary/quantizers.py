@@ -107,6 +107,11 @@ class _SignSTE(torch.autograd.Function):
         return ste_mask_grad(g, x, ctx.bound), None
 
 
+def approx_sign_grad(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Bi-Real Net's sign gradient: g * max(0, 2 - 2|x|)."""
+    return g * (2.0 - 2.0 * x.abs()).clamp_min(0.0)
+
+
 class _ApproxSignFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -116,7 +121,7 @@ class _ApproxSignFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return g * (2.0 - 2.0 * x.abs()).clamp_min(0.0)
+        return approx_sign_grad(g, x)
 
 
 @register_quantizer("ste_sign")
@@ -140,6 +145,10 @@ class SteSign(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _SignSTE.apply(x, self._bounds[x.dtype])
 
+    def sign_grad(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The gradient w.r.t. x given g, the gradient w.r.t. sign(x) (what this quantizer's backward computes)."""
+        return ste_mask_grad(g, x, self._bounds[x.dtype])
+
     def extra_repr(self) -> str:
         return f"clip_value={self.clip_value}"
 
@@ -160,6 +169,10 @@ class ApproxSign(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _ApproxSignFn.apply(x)
+
+    def sign_grad(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The gradient w.r.t. x given g, the gradient w.r.t. sign(x) (what this quantizer's backward computes)."""
+        return approx_sign_grad(g, x)
 
 
 GradMode = Literal["ste", "exact", "xnor_rescale"]

@@ -154,3 +154,50 @@ def test_cpu_autocast_takes_the_float_path():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = conv(x)
     assert "Int8" not in y.grad_fn.name() and y.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("quantizer", ["ste_sign", "approx_sign"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_sign_fused_into_the_int8_conv_is_bit_equal_to_sign_then_conv(quantizer, channels_last, relu):
+    """BinaryConv2d runs sign + int8 conv as one node (only uint8 codes kept); same values, gradients and layout
+    as the input quantizer followed by the int8 conv, with real (not power-of-two) XNOR scales."""
+    torch.manual_seed(3)
+    conv = BinaryConv2d(36, 24, 3, 1, 2, 2, input_quantizer=quantizer, weight_quantizer="xnor_weight")
+    x = torch.randn(4, 36, 10, 10) * 1.5
+    x[0, 0, 0, :3] = torch.tensor([0.0, -0.0, 1.0])  # sign(+-0) = +1; |x| = 1 is inside the STE window
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(4, 24, 10, 10)
+    res = []
+    for fused in (True, False):
+        xi = x.clone().requires_grad_()
+        conv.weight.grad = None
+        y = conv(xi, relu=relu) if fused else conv._conv(conv.input_quantizer(xi), relu, int8=True)
+        (y * g).sum().backward()
+        res.append((y.detach(), xi.grad, conv.weight.grad.clone(), y.grad_fn.name(), y.stride()))
+    assert res[0][3] == "_Int8SignConvBackward" and res[1][3] == "_Int8BinaryConvBackward"
+    for a, b in zip(res[0][:3], res[1][:3], strict=True):
+        assert torch.equal(a, b)
+    assert res[0][4] == res[1][4] and res[0][0].is_contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
+
+
+def test_sign_fused_conv_keeps_uint8_codes_not_a_float_sign_tensor():
+    conv = BinaryConv2d(16, 16, 3, 1, 1, input_quantizer="ste_sign", weight_quantizer="xnor_weight")
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    saved: dict[str, list[torch.Tensor]] = {}
+    for name, run in (
+        ("fused", lambda: conv(x)),
+        ("unfused", lambda: conv._conv(conv.input_quantizer(x), False, int8=True)),
+    ):
+        saved[name] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, n=name: saved[n].append(t) or t, lambda t: t):
+            run()
+
+    def act(ts, dtype):  # saved tensors of the activation's shape
+        return [t for t in ts if t.shape == x.shape and t.dtype == dtype]
+
+    assert len(act(saved["fused"], torch.float32)) == 1 and len(act(saved["fused"], torch.uint8)) == 1
+    assert len(act(saved["unfused"], torch.float32)) == 2  # x for the STE and sign(x) for the weight gradient
