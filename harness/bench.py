@@ -136,15 +136,14 @@ def bench_search(
 
 
 def _model(model: str, dev: Any, compile: bool, kw: dict[str, Any]) -> Any:
-    """A timm model as `bnas train` runs it: channels_last on CUDA, optionally compiled."""
+    """A timm model as `bnas train` runs it: channels_last (the default `train.channels_last`), optionally compiled."""
     import timm
     import torch
 
     import methods  # noqa: F401
 
     m = timm.create_model(model, num_classes=10, **kw).to(dev)
-    if dev.type == "cuda":
-        m = m.to(memory_format=torch.channels_last)
+    m = m.to(memory_format=torch.channels_last)
     if compile:
         m.compile()
     return m
@@ -169,8 +168,8 @@ def bench_train(
     int8: bool = True,
     **kw: Any,
 ) -> dict:
-    """Training images per second (forward, backward, SGD step) of a timm model on CIFAR-10 batches; on CUDA as
-    `bnas train` runs it (bf16 autocast, channels_last); on CPU float32 with the int8 binary forward (`int8`), or
+    """Training images per second (forward, backward, SGD step) of a timm model on CIFAR-10 batches, channels_last,
+    as `bnas train` runs it: on CUDA under bf16 autocast; on CPU float32 with the int8 binary forward (`int8`), or
     under bf16 autocast (`cpu_amp`)."""
     import torch
 
@@ -183,8 +182,7 @@ def bench_train(
     m = _model(model, dev, compile, kw).train()
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
     x, y = _batch(data, batch, dev)
-    if dev.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
         with _amp(dev, cpu_amp):
@@ -200,14 +198,13 @@ def bench_train(
 def bench_eval(
     model: str, batch: int, repeats: int, device: str, data: str | None = None, compile: bool = False, **kw: Any
 ) -> dict:
-    """Evaluation images per second (eval mode, no grad; bf16 autocast and channels_last on CUDA)."""
+    """Evaluation images per second (eval mode, no grad, channels_last; bf16 autocast on CUDA)."""
     import torch
 
     dev = torch.device(device)
     m = _model(model, dev, compile, kw).eval()
     x, _ = _batch(data, batch, dev)
-    if dev.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
 
     def fwd() -> None:
         with torch.no_grad(), _amp(dev):

@@ -309,7 +309,7 @@ def train_one_epoch(
     dev = rt.device
     sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss*n, correct@1, n
     check_every = 1 if dev.type == "cpu" else max(1, cfg.log_interval)
-    channels_last = cfg.channels_last and dev.type == "cuda"
+    channels_last = cfg.channels_last
     params = [p for p in model.parameters() if p.requires_grad]
     bar = None
     if progress:

@@ -69,7 +69,7 @@ def build_loaders(cfg: Config, data: str | Path, rt: Runtime) -> tuple[Any, Any,
     data = Path(data)
     meta = _read_meta(data)
     tc, dc = cfg.train, cfg.data
-    cl = tc.channels_last and rt.device.type == "cuda"
+    cl = tc.channels_last
     if meta.get("dataset") == "cifar10":
         ds = load_cifar10(data)
         tr_idx = torch.from_numpy(stratified_subset(ds.train_y.numpy(), dc.train_subset, dc.split_seed))
@@ -176,7 +176,7 @@ def fit(
     cfg_dict = config_to_dict(cfg)
     digest = code_digest()
     model = model.to(rt.device)
-    if rt.device.type == "cuda" and tc.channels_last:
+    if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if tc.compile:  # in place: state_dict keys unchanged
         model.compile()
