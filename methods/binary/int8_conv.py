@@ -217,6 +217,6 @@ def int8_binary_conv2d(
 
     Forward: exact int8 x int8 -> int32 conv (oneDNN), times alpha_c, rounded once to float32. Backward: the float32
     conv backward (gradients for x and w as F.conv2d's). The caller guarantees the binary values; groups 1, no bias.
-    The output is NCHW-contiguous unless `any_layout` (then it stays in oneDNN's channels_last, saving a copy).
+    The output has x's layout (NCHW or channels_last), or stays in oneDNN's channels_last with `any_layout`.
     """
     return _Int8BinaryConv.apply(x, w, _pair(stride), _pair(padding), _pair(dilation), relu, any_layout)
