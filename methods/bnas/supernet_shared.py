@@ -13,8 +13,11 @@ the techniques are those measured in search_performance.md:
 On CPU each state's convs and the mixing are one autograd node (:class:`_MixedConvs`): the binary convs run their
 forward as exact int8 convs (:mod:`methods.binary.int8_conv`), the ReLU mask is applied once per conv in backward, the
 mixing coefficients are folded into the backward conv weights (coef > 0), and the coefficient and weight gradients
-are computed only in the step that needs them. The supernet's CPU activations are channels_last (the int8 convs' and
-the pools' layout: NCHW CPU max/avg-pool kernels were 4-6x slower; values and max-pool tie routing are the same).
+are computed only in the step that needs them. It keeps no more of the conv outputs than that step needs: 1-byte ReLU
+masks in the weight step; in the architecture step the 5x5 kernels' outputs, the 3x3 ones being recomputed in
+backward (search peak 4.0 -> 3.4 GB at the paper configuration for ~+5 % time; `_MixedConvs.recompute_taps`).
+The supernet's CPU activations are channels_last (the int8 convs' and the pools' layout: NCHW CPU max/avg-pool
+kernels were 4-6x slower; values and max-pool tie routing are the same).
 CUDA, autocast and torch.compile take the op-by-op path (`StateOps.fused = False` forces it; tested equal).
 """
 
@@ -43,6 +46,11 @@ class _MixedConvs(torch.autograd.Function):
     gradients only in the weight step.
     """
 
+    # conv outputs of kernels with at most this many taps (3x3, dilated 3x3) are recomputed in the backward pass of
+    # the architecture step instead of kept: half the kept outputs for about a quarter of the cost of recomputing
+    # all (0: keep all)
+    recompute_taps = 9
+
     @staticmethod
     def forward(ctx, xb, coef, geoms, int8, n_edges, n_convs, *tensors):  # type: ignore[override]
         # 4-D (N, E*C, H', W') tensors wherever possible: the int8 convs' outputs are channels_last, and 5-D views of
@@ -65,22 +73,46 @@ class _MixedConvs(torch.autograd.Function):
             else:
                 _edges(acc, n_edges).addcmul_(p.unsqueeze(1), c5)
         assert acc is not None
-        ctx.save_for_backward(xb, coef, *ws, *ys, *pools)
-        ctx.conf = (geoms, n_edges, n_convs)
+        # what the backward pass needs of each conv output: its values for the coefficient gradients (the
+        # architecture step: coef requires grad), else only its ReLU mask (kept as 1 byte per value). Small kernels'
+        # outputs are not kept in the architecture step: the backward recomputes them (deterministic, bit-equal)
+        arch = coef.requires_grad
+        kinds = [
+            ("recompute" if w[0].numel() // w.shape[1] <= _MixedConvs.recompute_taps else "value") if arch else "mask"
+            for w in ws
+        ]
+        kept = [
+            y if kd == "value" else (torch.gt(y, 0) if kd == "mask" else None) for y, kd in zip(ys, kinds, strict=True)
+        ]
+        del ys
+        ctx.save_for_backward(xb, coef, *ws, *kept, *pools)
+        ctx.conf = (geoms, n_edges, n_convs, int8, kinds)
         ctx.edges = [gradient_edge(t) for t in (xb, coef, *tensors)]
         return _edges(acc, n_edges).unbind(1)
 
     @staticmethod
     def backward(ctx, *gs):  # type: ignore[override]
-        geoms, n_edges, n_convs = ctx.conf
+        geoms, n_edges, n_convs, int8, kinds = ctx.conf
+        kinds = list(kinds)  # (updated below as outputs are recomputed; ctx's list stays as saved)
         xb, coef, *rest = ctx.saved_tensors
-        ws, ys, pools = rest[:n_convs], rest[n_convs : 2 * n_convs], rest[2 * n_convs :]
+        ws, kept, pools = rest[:n_convs], list(rest[n_convs : 2 * n_convs]), rest[2 * n_convs :]
         need = [e is not None and backward_will_use(e) for e in ctx.edges]
         need_x, need_coef, need_t = need[0], need[1], need[2:]
+
+        def conv_out(k: int) -> torch.Tensor:  # conv output k as the forward computed it (bit for bit)
+            stride, pad, dil = geoms[k]
+            if int8:
+                return int8_conv_forward(xb, ws[k], stride, pad, dil, relu=True, any_layout=True)
+            return F.conv2d(xb, ws[k], None, stride, pad, dil).relu_()
+
         # the edges' gradients, gathered once into the layout of the conv outputs (channels_last from the int8
         # forward; the states and their gradients are in it too, so these are plain copies, not transposes)
-        if ys:
-            g = torch.empty_like(ys[0])
+        if ws:
+            if all(t is None for t in kept):
+                kept[0] = conv_out(0)
+                kinds = ["value", *kinds[1:]]
+            layout = next(t for t in kept if t is not None)
+            g = torch.empty_like(layout, dtype=gs[0].dtype)
         else:
             p0 = pools[0]
             g = p0.new_empty((p0.shape[0], n_edges * p0.shape[1], *p0.shape[2:]))
@@ -90,13 +122,18 @@ class _MixedConvs(torch.autograd.Function):
         gcoef = torch.zeros_like(coef) if need_coef else None
         gx: torch.Tensor | None = None
         gts: list[torch.Tensor | None] = []
-        for k, (w, y, (stride, pad, dil)) in enumerate(zip(ws, ys, geoms, strict=True)):
-            c = y.shape[1] // n_edges
+        for k, (w, (stride, pad, dil)) in enumerate(zip(ws, geoms, strict=True)):
+            c = w.shape[0] // n_edges
+            if kinds[k] == "recompute" and (need_coef or need_x or need_t[k]):
+                kept[k], kinds[k] = conv_out(k), "value"
+            y, kept[k] = kept[k], None  # (freed once used)
             if gcoef is not None:
                 gcoef[k] = (g * y).sum(dim=(0, 2, 3)).view(n_edges, c).sum(1)
             gw = None
             if need_x or need_t[k]:
-                gm = torch.ops.aten.threshold_backward(g, y, 0)
+                # the ReLU mask: from the values, or the kept mask (g * False = 0, as threshold_backward's 0)
+                gm = torch.ops.aten.threshold_backward(g, y, 0) if kinds[k] == "value" else g * y
+                del y
                 scale = coef[k].repeat_interleave(c).view(-1, 1, 1, 1)
                 gxk, gw, _ = torch.ops.aten.convolution_backward(
                     gm, xb, w * scale, None, stride, pad, dil, False, [0, 0], 1, [need_x, need_t[k], False]

@@ -204,3 +204,55 @@ def test_activation_checkpointing_with_the_fused_shared_cell():
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+
+
+def test_fused_state_node_keeps_few_conv_outputs_and_its_gradients_are_exact(monkeypatch):
+    """The CPU fused node (int8, float32) keeps only what each step needs: in the architecture step (alphas require
+    grad) the 5x5 kernels' outputs, the 3x3 ones being recomputed in backward; in the weight step 1-byte ReLU masks.
+    Recomputing or masking changes no bit of the gradients (against keeping every output), and the node agrees with
+    the op-by-op path on the same state (same signs, exact int8 outputs with a power-of-two scale: only the float32
+    summation order differs)."""
+    from methods.binary.int8_conv import int8_conv_enabled
+    from methods.bnas.genotypes import PRIMITIVES
+    from methods.bnas.supernet_shared import _MixedConvs
+
+    if not int8_conv_enabled():
+        pytest.skip("no oneDNN int8 conv")
+    torch.manual_seed(0)
+    ops = StateOps(8, 1, 3, PRIMITIVES).train()
+    for conv in ops.convs.values():
+        conv.weight_quantizer.pow2_scale = True
+    gen = torch.Generator().manual_seed(4)
+    h = torch.randn(4, 8, 12, 12, generator=gen).contiguous(memory_format=torch.channels_last)
+    alphas = torch.randn(3, len(PRIMITIVES), generator=gen).softmax(-1)
+    g_out = [torch.randn(4, 8, 12, 12, generator=gen) for _ in range(3)]
+    weights = [c.weight for c in ops.convs.values()]
+    res = {}
+    runs = {  # name: (fused, alphas require grad, recompute_taps)
+        "arch": (True, True, 9),
+        "arch_keep_all": (True, True, 0),
+        "weights": (True, False, 9),
+        "op_path": (False, True, 9),
+    }
+    for name, (fused, arch, taps) in runs.items():
+        monkeypatch.setattr(StateOps, "fused", fused)
+        monkeypatch.setattr(_MixedConvs, "recompute_taps", taps)
+        a = alphas.clone().requires_grad_(arch)
+        saved: list[torch.Tensor] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, s=saved: s.append(t) or t, lambda t: t):
+            outs = ops(h, a)
+        loss = sum((o * g).sum() for o, g in zip(outs, g_out, strict=True))
+        grads = torch.autograd.grad(loss, ([a] if arch else []) + weights)
+        kept = [t for t in saved if t.dim() == 4 and t.shape[1] == 3 * 8]  # (N, edges * C, H, W): conv outputs
+        res[name] = (outs[0].grad_fn.name(), grads, [t.dtype for t in kept])
+    assert res["arch"][0] == res["weights"][0] == "_MixedConvsBackward" != res["op_path"][0]
+    assert res["arch"][2] == [torch.float32] * 2  # the 5x5 and dilated 5x5 outputs
+    assert res["arch_keep_all"][2] == [torch.float32] * 4
+    assert res["weights"][2] == [torch.bool] * 4
+    for a, b in zip(res["arch"][1], res["arch_keep_all"][1], strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(res["arch"][1][1:], res["weights"][1], strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(res["arch"][1], res["op_path"][1], strict=True):
+        assert float(a.abs().sum()) > 0
+        assert float((a - b).norm() / b.norm()) < 1e-5  # float32 summation order (coefficients folded differently)
