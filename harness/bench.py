@@ -110,16 +110,10 @@ def bench_search(
     amp: bool = True,
     compile: bool = False,
     checkpointing: bool = False,
-    int8: bool = True,
 ) -> dict[str, Any]:
     """Seconds per BNAS search iteration (arch step + weight step, XNOR binarisation and rescale); on CUDA with bf16
-    autocast unless `amp` is False (as `bnas search`); on CPU with the exact int8 binary forward unless `int8` is
-    False."""
+    autocast unless `amp` is False (as `bnas search`); on CPU with the exact int8 binary forward (see `__main__`)."""
     import torch
-
-    from methods.binary.int8_conv import set_int8_conv
-
-    set_int8_conv(int8)
 
     from methods.bnas.search import BnasSearcher
     from methods.bnas.supernet import SuperNet
@@ -165,17 +159,12 @@ def bench_train(
     data: str | None = None,
     compile: bool = False,
     cpu_amp: bool = False,
-    int8: bool = True,
     **kw: Any,
 ) -> dict:
     """Training images per second (forward, backward, SGD step) of a timm model on CIFAR-10 batches, channels_last,
-    as `bnas train` runs it: on CUDA under bf16 autocast; on CPU float32 with the int8 binary forward (`int8`), or
-    under bf16 autocast (`cpu_amp`)."""
+    as `bnas train` runs it: on CUDA under bf16 autocast; on CPU float32 with the int8 binary forward (see
+    `__main__`), or under bf16 autocast (`cpu_amp`)."""
     import torch
-
-    from methods.binary.int8_conv import set_int8_conv
-
-    set_int8_conv(int8)
 
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -456,6 +445,10 @@ def _markdown(allr: dict[str, Any]) -> str:
 
 if __name__ == "__main__":  # one benchmark in this fresh process: python -m harness.bench NAME JSON
     name, kwargs = sys.argv[1], json.loads(sys.argv[2])
+    # process-wide settings: `int8: false` times the float32 forward of the binary convs instead of the int8 one
+    from methods.binary.int8_conv import set_int8_conv
+
+    set_int8_conv(kwargs.pop("int8", True))
     if kwargs.get("device") == "cpu":  # as `bnas train` / `bnas search` on CPU (harness.distributed.setup_runtime)
         from harness.allocator import keep_freed_memory
 
