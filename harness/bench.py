@@ -110,9 +110,13 @@ def bench_search(
     amp: bool = True,
     compile: bool = False,
     checkpointing: bool = False,
+    cuda_graph: bool = True,
+    eval_batch: int = 0,
 ) -> dict[str, Any]:
-    """Seconds per BNAS search iteration (arch step + weight step, XNOR binarisation and rescale); on CUDA with bf16
-    autocast unless `amp` is False (as `bnas search`); on CPU with the exact int8 binary forward (see `__main__`)."""
+    """Seconds per BNAS search iteration (arch step + weight step, XNOR binarisation and rescale) as `bnas search`
+    runs it: on CUDA with bf16 autocast unless `amp` is False and captured in a CUDA graph unless `cuda_graph` is
+    False; on CPU with the exact int8 binary forward (see `__main__`). With `eval_batch`, also the images/s of the
+    supernet's evaluation forward (eval mode, no grad) at that batch, as the search's per-epoch validation."""
     import torch
 
     from methods.bnas.search import BnasSearcher
@@ -123,10 +127,23 @@ def bench_search(
     net = SuperNet(channels, layers, impl=impl, activation_checkpointing=checkpointing).to(dev)  # type: ignore[arg-type]
     if compile:
         net.compile()
-    s = BnasSearcher(net, amp_dtype=torch.bfloat16 if (amp and dev.type == "cuda") else None)
+    amp_dtype = torch.bfloat16 if (amp and dev.type == "cuda") else None
+    s = BnasSearcher(net, amp_dtype=amp_dtype, cuda_graph=cuda_graph)
     b = _batch(data, batch, dev)  # the same images serve as the weight and the architecture batch (timing only)
-    first, times = _timed(lambda: s.step(b, b), 2 if compile else 1, repeats, dev)
-    return {"s": statistics.median(times), "times": times, "first_s": first, "peak_mb": _peak_mb(dev)}
+    warmup = 5 if s.cuda_graph else 2 if compile else 1  # graphs: 3 eager warm-up steps, then the capture
+    first, times = _timed(lambda: s.step(b, b), warmup, repeats, dev)
+    out = {"s": statistics.median(times), "times": times, "first_s": first, "peak_mb": _peak_mb(dev)}
+    if eval_batch:
+        xe, _ = _batch(data, eval_batch, dev)
+        net.eval()
+
+        def fwd() -> None:
+            with torch.no_grad():
+                s.forward(xe)
+
+        _, et = _timed(fwd, 1, repeats, dev)
+        out["eval_img_s"] = eval_batch / statistics.median(et)
+    return out
 
 
 def _model(model: str, dev: Any, compile: bool, kw: dict[str, Any]) -> Any:
@@ -314,11 +331,12 @@ def run_bench(
         train_b, eval_b, rep, small = (256 if gpu else 64), 256, (10 if gpu else 3), {"bnas_a": {}, "bireal": {}}
     common = {"device": device, "data": data}
     r: dict[str, Any] = {}
-    shared = _sub("search", {"impl": "shared", **search, **common}, threads)
+    shared = _sub("search", {"impl": "shared", **search, **common, "eval_batch": 8 if quick else 256}, threads)
     ref = _sub("search", {"impl": "reference", **search, **common}, threads)
     r["search_iter_s"], r["search_peak_mb"] = shared["s"], shared["peak_mb"]
     r["search_iter_reference_s"], r["search_reference_peak_mb"] = ref["s"], ref["peak_mb"]
     r["search_speedup"] = ref["s"] / shared["s"]
+    r["search_eval_img_s"] = shared["eval_img_s"]
     r["search_config"] = {k: v for k, v in search.items() if k != "repeats"}
     a = _sub("train", {"model": "bnas_a", "batch": train_b, "repeats": rep, **common, **small["bnas_a"]}, threads)
     b = _sub(
@@ -347,6 +365,7 @@ def run_bench(
         ]
     else:
         variants = [
+            ("search", {"impl": "shared", **search, **common, "cuda_graph": False}, {"s": "search_iter_eager_s"}),
             ("search", {"impl": "shared", **search, **common, "amp": False}, {"s": "search_iter_fp32_s"}),
             (
                 "search",
@@ -374,8 +393,9 @@ def run_bench(
         except Exception as e:  # noqa: BLE001 - recorded in the result
             r.setdefault("errors", []).append(f"{name} {kw}: {e}")
     if gpu:
-        # 50 epochs x 391 iterations (25k weight images / 64); the per-epoch evaluation is not included
-        r["search_50_epochs_h_est"] = 50 * -(-25_000 // search["batch"]) * r["search_iter_s"] / 3600
+        # 50 epochs x (391 iterations (25k weight images / 64) + the evaluation of the 25k validation images)
+        epoch_s = -(-25_000 // search["batch"]) * r["search_iter_s"] + 25_000 / r["search_eval_img_s"]
+        r["search_50_epochs_h_est"] = 50 * epoch_s / 3600
         r["train_bnas_a_epoch_s_est"] = 50_000 / r["train_bnas_a_img_s"]
     e = _sub("eval", {"model": "bnas_a", "batch": eval_b, "repeats": rep, **common, **small["bnas_a"]}, threads)
     r["eval_img_s"], r["eval_model"] = e["img_s"], "bnas_a"
@@ -401,8 +421,8 @@ def run_bench(
 
 def _markdown(allr: dict[str, Any]) -> str:
     rows = [
-        ("search iteration, shared supernet (s)", "search_iter_s", "{:.2f}"),
-        ("search iteration, per-op reference (s)", "search_iter_reference_s", "{:.2f}"),
+        ("search iteration, shared supernet (s)", "search_iter_s", "{:.3g}"),
+        ("search iteration, per-op reference (s)", "search_iter_reference_s", "{:.3g}"),
         ("search speed-up", "search_speedup", "{:.2f}x"),
         ("search peak memory (MB)", "search_peak_mb", "{:.0f}"),
         ("train BNAS-A (img/s)", "train_bnas_a_img_s", "{:.1f}"),
@@ -411,6 +431,8 @@ def _markdown(allr: dict[str, Any]) -> str:
         ("eval BNAS-A (img/s)", "eval_img_s", "{:.0f}"),
         ("CIFAR loader (img/s)", "loader_img_s", "{:.0f}"),
         ("DDP 2 processes / 1 process, same cores (bnas train, Bi-Real-18)", "ddp_scaling_efficiency", "{:.2f}"),
+        ("search evaluation forward, shared supernet (img/s)", "search_eval_img_s", "{:.0f}"),
+        ("search iteration, eager (no CUDA graph) (s)", "search_iter_eager_s", "{:.3f}"),
         ("search iteration, fp32 (no autocast) (s)", "search_iter_fp32_s", "{:.3f}"),
         ("search iteration, float32 conv forward instead of int8 (s)", "search_iter_float_fwd_s", "{:.2f}"),
         ("train BNAS-A, float32 conv forward instead of int8 (img/s)", "train_bnas_a_float_fwd_img_s", "{:.1f}"),
@@ -419,7 +441,7 @@ def _markdown(allr: dict[str, Any]) -> str:
         ("search peak memory, activation checkpointing (MB)", "search_checkpointing_peak_mb", "{:.0f}"),
         ("search iteration, torch.compile (s)", "search_iter_compiled_s", "{:.3f}"),
         ("train BNAS-A, torch.compile (img/s)", "train_bnas_a_compiled_img_s", "{:.0f}"),
-        ("50-epoch paper search, ESTIMATE from the iteration time (h)", "search_50_epochs_h_est", "{:.2f}"),
+        ("50-epoch paper search, ESTIMATE from iteration + evaluation (h)", "search_50_epochs_h_est", "{:.2f}"),
         ("BNAS-A CIFAR-10 epoch, ESTIMATE from img/s (s)", "train_bnas_a_epoch_s_est", "{:.1f}"),
     ]
     devs = sorted(allr)

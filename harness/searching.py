@@ -189,7 +189,10 @@ def run_search(
             official_entropy_bug=sc.official_entropy_bug,
             official_lr_offset=sc.official_lr_offset,
             amp_dtype=torch.bfloat16 if (sc.amp and dev.type == "cuda") else None,
+            cuda_graph=sc.cuda_graph,
         )
+        if sc.cuda_graph and dev.type == "cuda" and not searcher.cuda_graph:
+            log.warning("search.cuda_graph: runs with one process only; %d processes run eagerly", rt.world_size)
         cfg_dict, digest = config_to_dict(cfg), code_digest()
         ckpt = out / "checkpoint.pt"
         start, history, best, run_id = 0, [], {"val_top1": -1.0, "epoch": -1, "genotype": None}, None
@@ -251,7 +254,7 @@ def run_search(
                 g_start = searcher.genotype(exclude_zeroise=sc.no_zeroise)
                 train_loader.set_epoch(epoch)
                 val_loader.set_epoch(epoch)
-                sums: dict[str, float] = {}
+                acc: torch.Tensor | None = None  # the epoch's metric sums, kept on the device (no wait per step)
                 n = 0
                 val_iter = itertools.cycle(val_loader) if len(val_loader) else iter(())
                 it = zip(train_loader, val_iter, strict=False)  # the val iterator cycles
@@ -260,10 +263,10 @@ def run_search(
 
                     it = tqdm(it, total=len(train_loader), desc=f"search {epoch}", leave=False, dynamic_ncols=True)
                 for tb, vb in it:
-                    m = searcher.step(tb, vb)
-                    for k, v in m.items():
-                        sums[k] = sums.get(k, 0.0) + v
+                    m = searcher.step_metrics(tb, vb).double()
+                    acc = m if acc is None else acc + m
                     n += 1
+                sums = dict(zip(searcher.metric_names, acc.tolist(), strict=True)) if acc is not None else {}
                 row: dict[str, Any] = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()}}
                 net.eval()
                 correct = total = 0

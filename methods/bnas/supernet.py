@@ -303,7 +303,19 @@ class SuperNet(nn.Module):
         for cell in self.cells:
             w = w_reduce if cell.reduction else w_normal
             if ckpt:
-                s0, s1 = s1, checkpoint(cell, s0, s1, w, use_reentrant=False, context_fn=_frozen_bn_recompute(cell))
+                # the cells draw no random numbers: no RNG state to stash (reading it is not allowed in a CUDA graph)
+                s0, s1 = (
+                    s1,
+                    checkpoint(
+                        cell,
+                        s0,
+                        s1,
+                        w,
+                        use_reentrant=False,
+                        preserve_rng_state=False,
+                        context_fn=_frozen_bn_recompute(cell),
+                    ),
+                )
             else:
                 s0, s1 = s1, cell(s0, s1, w)
         return self.classifier(self.global_pool(s1).flatten(1))

@@ -194,6 +194,9 @@ class StateOps(nn.Module):
                 nn.AvgPool2d(3, stride, 1, count_include_pad=False), nn.BatchNorm2d(c, affine=False)
             )
         self.columns = [primitives.index(n) for n in (*self.convs, *self.pools)]
+        # on the module's device: indexing with a Python list copies it to the device on every call (not allowed
+        # while a CUDA graph is captured)
+        self.register_buffer("column_index", torch.tensor(self.columns), persistent=False)
         self.geoms = [(list(c.stride), list(c.padding), list(c.dilation)) for c in self.convs.values()]
 
     def forward(self, h: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -201,7 +204,7 @@ class StateOps(nn.Module):
         cpu = h.device.type == "cpu"
         if self.fused and cpu and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling():
             return self._fused(h, weights)
-        coef = weights[:, self.columns].t().reshape(len(self.columns), 1, self.n_edges, 1, 1, 1)
+        coef = weights.index_select(1, self.column_index).t().reshape(len(self.columns), 1, self.n_edges, 1, 1, 1)
         acc: torch.Tensor | None = None
         col = 0
         if self.bn is not None:
@@ -229,7 +232,7 @@ class StateOps(nn.Module):
 
     def _fused(self, h: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The same outputs through one autograd node for the convs and the mixing (:class:`_MixedConvs`)."""
-        coef = weights[:, self.columns].t()  # (ops, edges)
+        coef = weights.index_select(1, self.column_index).t()  # (ops, edges)
         hp = self._pool_input(h)
         pools = [pool(hp) for pool in self.pools.values()]
         if self.bn is None:
@@ -252,6 +255,7 @@ class SharedSearchCell(SearchCellBase):
         for h in range(self.steps + 1):  # c_{k-2}, c_{k-1} and nodes 0..steps-2 have outgoing edges
             nodes = self._nodes_of(h)
             self.edge_ids.append([edge_index(i, h) for i in nodes])
+            self.register_buffer(f"edge_index_{h}", torch.tensor(self.edge_ids[-1]), persistent=False)
             self.state_ops.append(StateOps(self.c, self.stride(h), len(nodes), self.primitives))
 
     def _nodes_of(self, state: int) -> list[int]:
@@ -282,7 +286,8 @@ class SharedSearchCell(SearchCellBase):
         for i in range(self.steps):
             while len(mixed) < len(states):
                 h = len(mixed)
-                mixed.append(self.state_ops[h](states[h], weights[self.edge_ids[h]]))
+                rows = weights.index_select(0, getattr(self, f"edge_index_{h}"))
+                mixed.append(self.state_ops[h](states[h], rows))
             s = None
             for h in range(len(states)):
                 term = mixed[h][i - self._nodes_of(h)[0]]

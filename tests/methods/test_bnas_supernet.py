@@ -256,3 +256,50 @@ def test_fused_state_node_keeps_few_conv_outputs_and_its_gradients_are_exact(mon
     for a, b in zip(res["arch"][1], res["op_path"][1], strict=True):
         assert float(a.abs().sum()) > 0
         assert float((a - b).norm() / b.norm()) < 1e-5  # float32 summation order (coefficients folded differently)
+
+
+def _graph_run(cuda_graph: bool, amp: bool, checkpointing: bool, device: str) -> tuple[list, SuperNet]:
+    """Eight iterations over two epochs from the same start: with `cuda_graph` 3 eager warm-up steps, capture and
+    replay, an eager step with a smaller (an epoch's last) batch, a recapture at the second epoch and a replay."""
+    torch.manual_seed(0)
+    net = SuperNet(init_channels=4, layers=5, activation_checkpointing=checkpointing).to(device)
+    s = BnasSearcher(net, epochs=2, amp_dtype=torch.bfloat16 if amp else None, cuda_graph=cuda_graph)
+    g = torch.Generator().manual_seed(3)
+    sizes = [8] * 10 + [8, 6] + [8] * 4
+    out = []
+    for i in range(0, len(sizes), 2):
+        if i in (0, 12):
+            s.new_epoch(i // 12)
+        b = [
+            (torch.randn(n, 3, 16, 16, generator=g).to(device), torch.randint(0, 10, (n,), generator=g).to(device))
+            for n in sizes[i : i + 2]
+        ]
+        out.append(s.step(b[0], b[1]))
+    return out, net
+
+
+def test_cuda_graph_switch_is_inert_on_cpu():
+    a, net_a = _graph_run(False, False, False, "cpu")
+    b, net_b = _graph_run(True, False, False, "cpu")
+    assert a == b
+    for p, q in zip(net_a.parameters(), net_b.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp,checkpointing", [(False, False), (True, False), (False, True)])
+def test_cuda_graph_replay_equals_the_eager_search(amp, checkpointing, monkeypatch):
+    """The captured iteration (warm-up, capture, replay, recapture at new_epoch, an eager odd-sized batch in between)
+    gives the eager search's metrics, alphas and weights bit for bit, with deterministic algorithms (without them
+    the GPU's atomic reductions differ from run to run, eager or not, and the binary network amplifies that)."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        eager, net_e = _graph_run(False, amp, checkpointing, "cuda")
+        graph, net_g = _graph_run(True, amp, checkpointing, "cuda")
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert graph == eager
+    for (n, p), q in zip(net_e.named_parameters(), net_g.parameters(), strict=True):
+        assert torch.equal(p, q), n
