@@ -309,7 +309,6 @@ def train_one_epoch(
     dev = rt.device
     sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss*n, correct@1, n
     check_every = 1 if dev.type == "cpu" else max(1, cfg.log_interval)
-    channels_last = cfg.channels_last
     params = [p for p in model.parameters() if p.requires_grad]
     bar = None
     if progress:
@@ -321,7 +320,7 @@ def train_one_epoch(
     for i, (x, y) in enumerate(loader):
         x = x.to(dev, non_blocking=True)
         y = y.to(dev, non_blocking=True)
-        if channels_last:
+        if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for h in hooks:
             h.before_forward(inner)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +90,8 @@ def _pair(v: int | tuple[int, ...]) -> list[int]:
     return [v, v] if isinstance(v, int) else list(v)
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether x is channels_last and not also contiguous (a 4-D tensor's layout, ambiguous ones counted NCHW)."""
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
@@ -130,7 +132,7 @@ def int8_conv_forward(
         xu, 1.0, 1, qw, alpha, zp, None, stride, padding, dilation, 1, 1.0, 0, torch.float32,
         "relu" if relu else "none", [], "",
     )  # fmt: skip
-    if any_layout or _is_channels_last(x):
+    if any_layout or is_channels_last(x):
         return y
     return y.contiguous()  # oneDNN's output is channels_last
 
@@ -147,14 +149,21 @@ class _Int8BinaryConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         x, w, y = ctx.saved_tensors
-        stride, padding, dilation, relu = ctx.conf
-        if relu:
-            g = torch.ops.aten.threshold_backward(g, y, 0)
-        need = [e is not None and backward_will_use(e) for e in ctx.edges] + [False]
-        gx, gw, _ = torch.ops.aten.convolution_backward(
-            g, x, w, None, stride, padding, dilation, False, [0, 0], 1, need
-        )
+        gx, gw = _conv_backward(ctx, g, x, w, y)
         return gx, gw, None, None, None, None, None
+
+
+def _conv_backward(
+    ctx: Any, g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, y: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients w.r.t. the conv's (+-1) input x and weight w, each only if the backward pass will use it; through
+    the fused ReLU (its output y) when there was one. `ctx.conf` starts with (stride, padding, dilation, relu)."""
+    stride, padding, dilation, relu = ctx.conf[:4]
+    if relu:
+        g = torch.ops.aten.threshold_backward(g, y, 0)
+    need = [e is not None and backward_will_use(e) for e in ctx.edges] + [False]
+    gx, gw, _ = torch.ops.aten.convolution_backward(g, x, w, None, stride, padding, dilation, False, [0, 0], 1, need)
+    return gx, gw
 
 
 class _Int8SignConv(torch.autograd.Function):
@@ -173,17 +182,9 @@ class _Int8SignConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         x, xu, w, y = ctx.saved_tensors
-        stride, padding, dilation, relu, sign_grad = ctx.conf
-        if relu:
-            g = torch.ops.aten.threshold_backward(g, y, 0)
-        need = [e is not None and backward_will_use(e) for e in ctx.edges] + [False]
-        xs = signs_from_codes(xu, x.dtype)
-        gx, gw, _ = torch.ops.aten.convolution_backward(
-            g, xs, w, None, stride, padding, dilation, False, [0, 0], 1, need
-        )
-        del xs
+        gx, gw = _conv_backward(ctx, g, signs_from_codes(xu, x.dtype), w, y)
         if gx is not None:
-            gx = sign_grad(gx, x)
+            gx = ctx.conf[4](gx, x)  # the sign's estimator
         return gx, gw, None, None, None, None, None
 
 

@@ -27,6 +27,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from methods.binary import BinaryConv2d
+from methods.binary.int8_conv import is_channels_last
 from methods.bnas.genotypes import Genotype, genotype_from_json, get_genotype
 from methods.bnas.operations import OPS, BinConvBlock, xnor_weight_quantizer
 
@@ -100,7 +101,7 @@ class BnasCell(nn.Module):
         for j in self.concat:
             if states[j] is None:
                 if zeros is None:
-                    fmt = torch.channels_last if _is_channels_last(s1) else torch.contiguous_format
+                    fmt = torch.channels_last if is_channels_last(s1) else torch.contiguous_format
                     zeros = torch.empty(n, self.c, h_out, w_out, device=dev, dtype=dtype, memory_format=fmt).zero_()
                 outs.append(zeros)
             else:
@@ -109,10 +110,6 @@ class BnasCell(nn.Module):
         if not self.has_skip:
             return out
         return out + (self.preprocess_res(s1) if self.preprocess_res is not None else s1)
-
-
-def _is_channels_last(x: torch.Tensor) -> bool:
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def _resolve_genotype(genotype: Genotype | str) -> Genotype:
