@@ -126,7 +126,7 @@ class SearchConfig:
     supernet: Literal["shared", "reference"] = "shared"  # shared: BN/sign/pools once per state (same math, faster)
     amp: bool = True  # bf16 autocast of the supernet forwards on CUDA; ignored on CPU
     compile: bool = False  # torch.compile the supernet (long first compile: for long GPU searches, not for tests)
-    cuda_graph: bool = True  # CUDA, one process: each whole iteration replayed from a CUDA graph (same kernels)
+    cuda_graph: bool = True  # CUDA, one process, not with compile: each iteration replayed from a CUDA graph
     activation_checkpointing: bool = False  # recompute each cell in backward: less memory for large batches
     nproc_per_node: int = 1  # > 1: `bnas search` relaunches itself under torchrun (shards both batches, DDP-style)
     sync_bn: bool = True  # distributed: BN statistics over the global batch (same math as one process)

@@ -189,9 +189,9 @@ def run_search(
             official_entropy_bug=sc.official_entropy_bug,
             official_lr_offset=sc.official_lr_offset,
             amp_dtype=torch.bfloat16 if (sc.amp and dev.type == "cuda") else None,
-            cuda_graph=sc.cuda_graph,
+            cuda_graph=sc.cuda_graph and not sc.compile,  # the two together are untested: compile wins
         )
-        if sc.cuda_graph and dev.type == "cuda" and not searcher.cuda_graph:
+        if sc.cuda_graph and dev.type == "cuda" and not sc.compile and not searcher.cuda_graph:
             log.warning("search.cuda_graph: runs with one process only; %d processes run eagerly", rt.world_size)
         cfg_dict, digest = config_to_dict(cfg), code_digest()
         ckpt = out / "checkpoint.pt"
