@@ -130,7 +130,7 @@ def bench_search(
     amp_dtype = torch.bfloat16 if (amp and dev.type == "cuda") else None
     s = BnasSearcher(net, amp_dtype=amp_dtype, cuda_graph=cuda_graph and not compile)  # as `bnas search`
     b = _batch(data, batch, dev)  # the same images serve as the weight and the architecture batch (timing only)
-    warmup = 5 if s.cuda_graph else 2 if compile else 1  # graphs: 3 eager warm-up steps, then the capture
+    warmup = s.graph_warmup + 2 if s.cuda_graph else 2 if compile else 1  # graphs: eager warm-up, then the capture
     first, times = _timed(lambda: s.step(b, b), warmup, repeats, dev)
     out = {"s": statistics.median(times), "times": times, "first_s": first, "peak_mb": _peak_mb(dev)}
     if eval_batch:

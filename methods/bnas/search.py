@@ -114,10 +114,10 @@ class BnasSearcher:
     `cuda_graph` (CUDA, one process, not with the release's FP tail): the whole iteration (both forwards and
     backwards, both optimiser steps, the metrics) is captured once into a CUDA graph and replayed, so that an
     iteration costs one launch instead of thousands of small kernel launches (the paper configuration is launch-bound
-    on a GPU). The first three iterations run eagerly on a side stream (lazy cuDNN/cuBLAS set-up, optimiser states);
-    the graph is captured again at every `new_epoch` (the learning rate and the regulariser weight are constants in
-    it) and batches of another shape (an epoch's last, smaller batch) run eagerly on the same parameters and
-    optimiser states. Replays run the same kernels on the same data as the eager step: with deterministic
+    on a GPU). The first `graph_warmup` iterations run eagerly on a side stream (lazy cuDNN/cuBLAS set-up, optimiser
+    states); the graph is captured again at every `new_epoch` (the learning rate and the regulariser weight are
+    constants in it) and batches of another shape (an epoch's last, smaller batch) run eagerly on the same parameters
+    and optimiser states. Replays run the same kernels on the same data as the eager step: with deterministic
     algorithms the result is bit for bit the eager one (measured on an H100).
 
     Interface: `new_epoch(epoch)`, `step(train_batch, val_batch)` (or `step_metrics`, which does not wait for the
@@ -125,6 +125,7 @@ class BnasSearcher:
     """
 
     metric_names = ("train/loss", "train/top1", "search/val_loss", "search/val_top1", "search/objective")
+    graph_warmup = 3  # eager iterations before the first capture (`cuda_graph`)
 
     def __init__(
         self,
@@ -214,7 +215,7 @@ class BnasSearcher:
         key = tuple(t.shape for t in (*train_batch, *val_batch))
         g = self._graph
         if g is None or g.key != key:
-            if self._eager_steps < 3 or g is not None:  # warm-up, or a batch of another shape: eager
+            if self._eager_steps < self.graph_warmup or g is not None:  # warm-up, or a batch of another shape
                 self._eager_steps += 1
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())

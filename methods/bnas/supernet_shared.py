@@ -255,8 +255,10 @@ class SharedSearchCell(SearchCellBase):
         for h in range(self.steps + 1):  # c_{k-2}, c_{k-1} and nodes 0..steps-2 have outgoing edges
             nodes = self._nodes_of(h)
             self.edge_ids.append([edge_index(i, h) for i in nodes])
-            self.register_buffer(f"edge_index_{h}", torch.tensor(self.edge_ids[-1]), persistent=False)
             self.state_ops.append(StateOps(self.c, self.stride(h), len(nodes), self.primitives))
+        # the alpha rows of all edges, grouped by input state, as one index on the module's device (see StateOps)
+        self.register_buffer("edge_order", torch.tensor([e for ids in self.edge_ids for e in ids]), persistent=False)
+        self.edge_counts = [len(ids) for ids in self.edge_ids]
 
     def _nodes_of(self, state: int) -> list[int]:
         return list(range(0 if state < 2 else state - 1, self.steps))
@@ -283,11 +285,11 @@ class SharedSearchCell(SearchCellBase):
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         mixed: list[tuple[torch.Tensor, ...]] = []  # per state, its edges' mixed outputs
+        rows = weights.index_select(0, self.edge_order).split(self.edge_counts)  # per state, its edges' alphas
         for i in range(self.steps):
             while len(mixed) < len(states):
                 h = len(mixed)
-                rows = weights.index_select(0, getattr(self, f"edge_index_{h}"))
-                mixed.append(self.state_ops[h](states[h], rows))
+                mixed.append(self.state_ops[h](states[h], rows[h]))
             s = None
             for h in range(len(states)):
                 term = mixed[h][i - self._nodes_of(h)[0]]
