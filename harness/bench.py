@@ -161,11 +161,12 @@ def _model(model: str, dev: Any, compile: bool, kw: dict[str, Any]) -> Any:
 
 
 def _amp(dev: Any, cpu_amp: bool = False) -> Any:
-    """The autocast `bnas train` uses with the default config (bf16 on CUDA, none on CPU unless `cpu_amp`)."""
+    """The autocast of `bnas train` with its speed switches: bf16 on CUDA (`train.amp`, opt-in: runs default to
+    float32 like the release), none on CPU unless `cpu_amp`. The CUDA figures of results/bench.md are bf16."""
     from harness.config import TrainConfig
     from harness.engine import autocast
 
-    return autocast(TrainConfig(cpu_amp=cpu_amp), dev)
+    return autocast(TrainConfig(amp=True, cpu_amp=cpu_amp), dev)
 
 
 def bench_train(

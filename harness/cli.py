@@ -159,8 +159,8 @@ def prepare(dataset: str, source: Path | None, out: Path, params: Path | None, d
 @click.option(
     "--method",
     default=None,
-    help="A key of params group `methods` (its recipe, groups and per-profile overrides apply); any other name is "
-    "only the label of the run (default: the model name).",
+    help="A key of params group `methods` (its recipe, groups and per-profile overrides apply; an unknown name is an "
+    "error). Default: train.model when that is a `methods` key and no --recipe is given.",
 )
 @click.option("--recipe", default="", help="Apply params group recipes.<NAME> over train (before any -S).")
 @click.option(
@@ -186,6 +186,7 @@ def train(
     overrides = _overrides(seed, sets)
     if init_from is not None:
         overrides["train.init_from"] = str(init_from)
+    method = method or _default_method(params, overrides)
     cfg = load_config(params, overrides, recipe=recipe, method=method)  # fail fast, before importing torch
     _maybe_torchrun(cfg.train.nproc_per_node)
     from harness.training import run_train
@@ -193,6 +194,59 @@ def train(
     metrics = run_train(cfg, data, out, resume=resume, method=method)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(json.dumps({k: v for k, v in metrics.items() if not k.startswith("perf/")}, sort_keys=True))
+
+
+def _default_method(params: Path, overrides: dict[str, Any]) -> str | None:
+    """Without --method, `bnas train` trains train.model as its `methods` entry (so the profile's sizes apply to it;
+    with another --recipe than the entry's own, the recipe's values stand)."""
+    from harness.config import load_config
+
+    cfg = load_config(params, overrides, recipe="")
+    known = (load_config(params).methods or {}) if params.is_file() else {}
+    if cfg.train.model in known:
+        return cfg.train.model
+    if cfg.profile and cfg.profile != "paper":
+        logging.getLogger(__name__).warning(
+            "train.model '%s' has no `methods` entry: profile '%s' does not resize it (pass --method NAME)",
+            cfg.train.model,
+            cfg.profile,
+        )
+    return None
+
+
+@cli.command("config")
+@click.option(
+    "--params",
+    type=click.Path(path_type=Path),
+    default=Path("pipelines/params.yaml"),
+    show_default=True,
+    help=PARAMS_HELP,
+)
+@click.option("--method", default=None, help="A key of params group `methods`.")
+@click.option("--recipe", default="", help="A key of params group `recipes`.")
+@click.option("--seed", type=int, default=None, help="Override train.seed.")
+@click.option("-S", "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a param.")
+@click.option("--json", "as_json", is_flag=True, help="Print {key: {value, from}} as JSON.")
+def config_cmd(
+    params: Path, method: str | None, recipe: str, seed: int | None, sets: tuple[str, ...], as_json: bool
+) -> None:
+    """Print a run's resolved config, each value with the layer it came from (default, params, recipe, method,
+    profile, method+profile, override), as `bnas train` with the same options would resolve it."""
+    from harness.config import explain_config, flatten
+
+    overrides = _overrides(seed, sets)
+    method = method or _default_method(params, overrides)
+    cfg, origin = explain_config(params, overrides, recipe=recipe, method=method)
+    from harness.config import config_to_dict
+
+    flat = flatten(config_to_dict(cfg))
+    if as_json:
+        click.echo(json.dumps({k: {"value": v, "from": origin[k]} for k, v in flat.items()}, indent=1, default=str))
+        return
+    width = max(len(k) for k in flat)
+    vwidth = min(40, max(len(json.dumps(v, default=str)) for v in flat.values()))
+    for k, v in flat.items():
+        click.echo(f"{k:<{width}}  {json.dumps(v, default=str):<{vwidth}}  # {origin[k]}")
 
 
 @cli.command()
@@ -222,7 +276,8 @@ def search(
     "--alphas",
     type=click.Path(path_type=Path, dir_okay=False),
     required=True,
-    help="alphas.json of a search (alphas_normal, alphas_reduce: 14 x 7, DARTS edge order, S_B op columns).",
+    help="Alphas of a search: alphas_best.json (behind the best epoch's genotype), alphas_final.json or alphas.json "
+    "(alphas_normal, alphas_reduce: 14 x 7, DARTS edge order, S_B op columns).",
 )
 @click.option(
     "--gamma",
@@ -279,10 +334,16 @@ def _report_options(out_default: str, out_help: str) -> Callable[[Callable[..., 
                 ),
                 click.option(
                     "--profile",
-                    default="paper",
+                    default=None,
+                    help="The params profile the runs were made with (default: `profile` of --params); anything "
+                    "but 'paper' is flagged as not comparable to the paper.",
+                ),
+                click.option(
+                    "--params",
+                    type=click.Path(path_type=Path),
+                    default=Path("pipelines/params.yaml"),
                     show_default=True,
-                    help="The params profile the runs were made with; anything but 'paper' is flagged as not "
-                    "comparable to the paper.",
+                    help="Params file: its `profile` (unless --profile) and its tracking group.",
                 ),
             ]
         ):
@@ -290,6 +351,20 @@ def _report_options(out_default: str, out_help: str) -> Callable[[Callable[..., 
         return fn
 
     return wrap
+
+
+def _report_profile(profile: str | None, params: Path) -> str:
+    """--profile, else the params file's `profile` (the one its runs were made with)."""
+    if profile:
+        return profile
+    from harness.config import load_config
+
+    if not params.is_file():
+        raise BnasError(f"{params}: params file not found; pass --profile (quick|paper) or --params FILE")
+    found = load_config(params).profile
+    if not found:
+        raise BnasError(f"{params}: no `profile` set; pass --profile (quick|paper)")
+    return found
 
 
 @cli.command()
@@ -301,10 +376,11 @@ def _report_options(out_default: str, out_help: str) -> Callable[[Callable[..., 
     show_default=True,
     help="|ours - paper| (percentage points) within which a result counts as reproduced.",
 )
-def tables(runs: Path, reference: Path, out: Path, profile: str, tolerance: float) -> None:
+def tables(runs: Path, reference: Path, out: Path, profile: str | None, params: Path, tolerance: float) -> None:
     """Regenerate the CIFAR-10, ImageNet and ablation tables from the runs' metrics files (no MLflow needed)."""
     from harness.tables import build_tables, write_tables
 
+    profile = _report_profile(profile, params)
     for p in write_tables(build_tables(runs, reference, profile, tolerance), out):
         click.echo(str(p))
 
@@ -317,13 +393,13 @@ def tables(runs: Path, reference: Path, out: Path, profile: str, tolerance: floa
     help="Log the per-method aggregates, the tables and the figures to this pipeline's MLflow parent run and finish "
     "it (the last stage of `dvc repro` does this).",
 )
-@click.option("--params", type=click.Path(path_type=Path), default=None, help="Params file (its tracking group).")
 def figures(
-    runs: Path, reference: Path, out: Path, profile: str, finish_pipeline_run: bool, params: Path | None
+    runs: Path, reference: Path, out: Path, profile: str | None, params: Path, finish_pipeline_run: bool
 ) -> None:
     """Accuracy vs OPs with the Pareto front, learning curves, searched cells, alpha heatmaps over the search."""
     from harness.figures import write_figures
 
+    profile = _report_profile(profile, params)
     paths = write_figures(runs, reference, out, profile)
     for p in paths:
         click.echo(str(p))

@@ -9,6 +9,7 @@ Hyperparameter defaults follow the BNAS official recipes (Kim, Singh, Choi, ECCV
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from collections.abc import Mapping
@@ -27,6 +28,8 @@ __all__ = [
     "TrackingConfig",
     "Config",
     "load_config",
+    "explain_config",
+    "resolve_layers",
     "config_from_dict",
     "config_to_dict",
     "flatten",
@@ -58,7 +61,7 @@ class TrainConfig:
     model: str = "resnet18_cifar"  # a timm model name (our methods register theirs with timm)
     num_classes: int = 10  # classifier outputs
     epochs: int = 600  # BNAS CIFAR recipe: 600; ImageNet: 250
-    batch_size: int = 256  # per process; the global batch is batch_size x world size
+    batch_size: int = 256  # global (all processes together): each of N processes takes batch_size / N
     opt: str = "momentum"  # timm optimizer name; "momentum" = SGD without Nesterov (BNAS), timm's "sgd" is Nesterov
     lr: float = 0.05  # peak learning rate (BNAS CIFAR README command: 0.05)
     momentum: float = 0.9  # SGD momentum (one-cycle cycles it between 0.85 and 0.95)
@@ -72,9 +75,9 @@ class TrainConfig:
     onecycle_div: float = 20.0  # one-cycle: start lr = lr / onecycle_div (BNAS: 0.05 * lr)
     onecycle_final_div: float = 100.0  # one-cycle: final lr = start lr / onecycle_final_div (BNAS: 0.0005 * lr)
     label_smoothing: float = 0.0  # timm LabelSmoothingCrossEntropy on training batches (BNAS ImageNet: 0.1)
-    clip_grad: float = 0.0  # gradient-norm clip before the weight hooks' rescale; 0 = off (BNAS ImageNet: 5)
+    clip_grad: float = 0.0  # norm clip of the raw gradients (binary weights: before the XNOR rescale, as the release)
     drop_path: float = 0.0  # maximum drop-path probability, ramped linearly as drop_path * epoch / epochs (BNAS: 0.2)
-    amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on CPU (see cpu_amp)
+    amp: bool = False  # opt-in bf16/fp16 autocast on CUDA (the release trains in float32); ignored on CPU (cpu_amp)
     amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # float16 adds a GradScaler
     cpu_amp: bool = False  # bf16 autocast on CPU (for CPUs with AVX512-BF16/AMX); off: float32 + exact int8 binary fwd
     channels_last: bool = True  # channels_last memory format (CUDA and CPU: 7-16 % faster training on CPU too)
@@ -88,6 +91,7 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra model arguments, e.g. {scale_shape: factorised}
     init_from: str = ""  # initialise the model from this model.pt (weights only), e.g. stage 1 of a two-stage recipe
     recipe: str = ""  # name of the recipe (params group `recipes`) applied to this run; set by --recipe
+    recipe_batch_size: int = 0  # the recipe's global batch (set with `recipe`); a run with another batch says so
     binary_stats: bool = True  # log binary weights' flip ratio and latent saturation per epoch (binary models only)
     cost_policy: str = "bireal"  # counting policy of the cost figures logged with the run (see `bnas profile`)
 
@@ -124,7 +128,11 @@ class SearchConfig:
     official_stale_filter: bool = False  # first release: preprocess and res conv weights binarised in search (§8.2)
     official_lr_offset: bool = False  # release: scheduler stepped before each epoch, so epoch e uses cosine(e + 1)
     supernet: Literal["shared", "reference"] = "shared"  # shared: BN/sign/pools once per state (same math, faster)
-    amp: bool = True  # bf16 autocast of the supernet forwards on CUDA; ignored on CPU
+    amp: bool = False  # opt-in bf16 autocast of the supernet forwards on CUDA (the release: float32); CPU: ignored
+    official_val_augment: bool = False  # release: architecture batches and the per-epoch selection evaluation of the
+    # 25k validation split use the training augmentation (crop + flip); default: un-augmented validation images
+    official_val_resample: bool = False  # release: every architecture step draws a fresh random batch of the
+    # validation split (`next(iter(valid_queue))`); default: one persistent shuffled pass per epoch, cycling
     compile: bool = False  # torch.compile the supernet (long first compile: for long GPU searches, not for tests)
     cuda_graph: bool = True  # CUDA, one process, not with compile: each iteration replayed from a CUDA graph
     activation_checkpointing: bool = False  # recompute each cell in backward: less memory for large batches
@@ -234,6 +242,94 @@ def _check_value(value: Any, tp: Any, key: str, source: str) -> Any:
     raise ConfigError(f"{source}: {key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+def _fraction(v: Any) -> bool:
+    return 0 <= v < 1
+
+
+def _open_fraction(v: Any) -> bool:
+    return 0 < v < 1
+
+
+_RULES = {
+    _positive: "> 0",
+    _non_negative: ">= 0",
+    _fraction: "in [0, 1)",
+    _open_fraction: "in (0, 1)",
+}
+
+# Value ranges per field (the types are checked first). A value outside is a ConfigError naming the key.
+RANGES: dict[str, dict[str, Any]] = {
+    "DataConfig": {
+        "train_subset": _non_negative,
+        "test_subset": _non_negative,
+        "search_train_fraction": _open_fraction,
+        "color_jitter": _non_negative,
+        "color_jitter_hue": lambda v: 0 <= v <= 0.5,
+        "image_size": _positive,
+        "val_resize": _positive,
+        "num_workers": _non_negative,
+    },
+    "TrainConfig": {
+        "num_classes": _positive,
+        "epochs": _positive,
+        "batch_size": _positive,
+        "lr": _positive,
+        "momentum": _fraction,
+        "weight_decay": _non_negative,
+        "min_lr": _non_negative,
+        "warmup_epochs": _non_negative,
+        "restart_epochs": _positive,
+        "onecycle_pct": lambda v: 0 < v <= 0.5,
+        "onecycle_div": _positive,
+        "onecycle_final_div": _positive,
+        "label_smoothing": _fraction,
+        "clip_grad": _non_negative,
+        "drop_path": _fraction,
+        "eval_interval": _positive,
+        "log_interval": _positive,
+        "threads": _non_negative,
+        "nproc_per_node": _positive,
+        "recipe_batch_size": _non_negative,
+    },
+    "SearchConfig": {
+        "init_channels": _positive,
+        "layers": lambda v: v >= 3,
+        "epochs": _positive,
+        "batch_size": _positive,
+        "lr": _positive,
+        "lr_min": _non_negative,
+        "momentum": _fraction,
+        "weight_decay": _non_negative,
+        "arch_lr": _positive,
+        "arch_beta1": _fraction,
+        "arch_beta2": _fraction,
+        "arch_weight_decay": _non_negative,
+        "lam": _non_negative,
+        "tau": _positive,
+        "gamma": _positive,
+        "train_subset": _non_negative,
+        "threads": _non_negative,
+        "nproc_per_node": _positive,
+    },
+}
+_RANGE_TEXT = {"color_jitter_hue": "in [0, 0.5]", "onecycle_pct": "in (0, 0.5]", "layers": ">= 3"}
+
+
+def _check_range(cls: type, name: str, value: Any, key: str, source: str) -> None:
+    rule = RANGES.get(cls.__name__, {}).get(name)
+    if rule is not None and not rule(value):
+        want = _RULES.get(rule) or _RANGE_TEXT.get(name, "in range")
+        raise ConfigError(f"{source}: {key}: expected a value {want}, got {value!r}")
+
+
 def _build(cls: type, values: Mapping[str, Any], prefix: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -243,6 +339,7 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str, source: str) -> An
         if key not in names:
             raise ConfigError(f"{source}: unknown key '{full}' (expected one of: {', '.join(names)})")
         kwargs[key] = _check_value(value, hints[key], full, source)
+        _check_range(cls, key, kwargs[key], full, source)
     return cls(**kwargs)
 
 
@@ -274,6 +371,8 @@ def config_from_dict(values: Mapping[str, Any] | None, source: str = "<dict>") -
                 _build(Config, {g: deep_merge(values.get(g), v) for g, v in pentry.items()}, f"methods.{name}", source)
             if kind == "methods" and "recipe" in entry and entry["recipe"] not in cfg.recipes:
                 raise ConfigError(f"{source}: methods.{name}.recipe: unknown recipe '{entry['recipe']}'")
+    for name, groups in cfg.profiles.items():
+        _check_profile(name, groups, source)
     if cfg.profile and cfg.profiles and cfg.profile not in cfg.profiles:
         known = ", ".join(sorted(cfg.profiles)) or "none defined"
         raise ConfigError(f"{source}: profile: unknown profile '{cfg.profile}' (params group 'profiles': {known})")
@@ -325,6 +424,142 @@ def _set_nested(d: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# What a profile may change: sizes only (epochs, subsets, widths, layers, batch), never an optimiser or a schedule.
+# A method that needs another optimiser value at small scale says so in its own entry (methods.<name>.profiles.<p>).
+PROFILE_KEYS: dict[str, frozenset[str]] = {
+    "data": frozenset({"train_subset", "test_subset"}),
+    "train": frozenset({"epochs", "batch_size", "eval_interval", "model_kwargs"}),
+    "search": frozenset({"epochs", "train_subset", "layers", "init_channels", "batch_size"}),
+}
+PROFILE_MODEL_KWARGS = frozenset({"layers", "init_channels", "widths"})
+
+
+def _check_profile(name: str, groups: Mapping[str, Any], source: str) -> None:
+    """Raise ConfigError if profile `name` sets anything but a size (PROFILE_KEYS)."""
+    for g, values in groups.items():
+        allowed = PROFILE_KEYS.get(g, frozenset())
+        for k, v in (values or {}).items():
+            if k not in allowed:
+                raise ConfigError(
+                    f"{source}: profiles.{name}.{g}.{k}: a profile changes only sizes ({g}: "
+                    f"{', '.join(sorted(allowed)) or 'nothing'}); put a method's small-scale optimiser values in "
+                    f"methods.<name>.profiles.{name}"
+                )
+            if k == "model_kwargs":
+                bad = sorted(set(v or {}) - PROFILE_MODEL_KWARGS)
+                if bad:
+                    raise ConfigError(
+                        f"{source}: profiles.{name}.train.model_kwargs.{bad[0]}: a profile changes only "
+                        f"{', '.join(sorted(PROFILE_MODEL_KWARGS))}"
+                    )
+
+
+def _read_params(path: str | Path | None) -> tuple[dict[str, Any], str]:
+    if path is None:
+        return {}, "<defaults>"
+    source = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{source}: params file not found (expected a YAML file with groups data/train/...)")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{source}: expected a mapping of groups at the top level, got {type(loaded).__name__}")
+    return loaded or {}, source
+
+
+def _closest(name: str, names: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    return f"; closest: {', '.join(close)}" if close else ""
+
+
+def resolve_layers(
+    path: str | Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    recipe: str | None = None,
+    method: str | None = None,
+) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]], str]:
+    """The raw params file and the layers one run's config is made of, in the order they apply (later wins).
+
+    Layers: `params` (the file's groups), `recipe <name>` (`recipes.<name>` over `train`), `method <name>`
+    (`methods.<name>` groups), `profile <p>` (sizes only), `method <name>, profile <p>`
+    (`methods.<name>.profiles.<p>`), `override` (the dotted -S keys). Returns (raw file, layers, source).
+
+    Raises:
+        ConfigError: missing/malformed file, unknown key, recipe, method or profile (with the closest names).
+    """
+    raw, source = _read_params(path)
+    overrides = dict(overrides or {})
+    if "profile" in overrides:
+        raw["profile"] = overrides.pop("profile")
+    config_from_dict(raw, source)  # validate the file itself, recipes included, before combining anything
+    methods = raw.get("methods") or {}
+    entry: dict[str, Any] = {}
+    explicit_recipe = recipe
+    if method:
+        if method not in methods:
+            raise ConfigError(
+                f"{source}: unknown method '{method}' (params group 'methods'){_closest(method, sorted(methods))}"
+            )
+        entry = methods[method] or {}
+        if not recipe:
+            recipe = entry.get("recipe", recipe)
+    layers: list[tuple[str, dict[str, Any]]] = [("params", {g: raw[g] for g in GROUPS if g in raw})]
+    if recipe:
+        recipes = raw.get("recipes") or {}
+        if recipe not in recipes:
+            raise ConfigError(
+                f"{source}: unknown recipe '{recipe}' (params group 'recipes'){_closest(recipe, sorted(recipes))}"
+            )
+        batch = recipes[recipe].get("batch_size", (raw.get("train") or {}).get("batch_size", TrainConfig.batch_size))
+        train = {**recipes[recipe], "recipe": recipe, "recipe_batch_size": batch}
+        layers.append((f"recipe {recipe}", {"train": train}))
+    if entry:
+        layers.append((f"method {method}", {g: entry[g] for g in GROUPS if g in entry}))
+    profile, profiles = raw.get("profile") or "", raw.get("profiles") or {}
+    # a resolved run config (config.yaml, loaded as is) records its profile without the profiles group
+    if profile and (profile in profiles or recipe is not None or method):
+        if profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "none defined"
+            raise ConfigError(f"{source}: profile: unknown profile '{profile}' (params group 'profiles': {known})")
+        layers.append((f"profile {profile}", dict(profiles[profile] or {})))
+        mp = (entry.get("profiles") or {}).get(profile)
+        if mp:
+            layers.append((f"method {method}, profile {profile}", dict(mp)))
+    if explicit_recipe and entry and entry.get("recipe") != explicit_recipe:
+        # another recipe than the method's own was asked for: its values stand. The method's entries keep what the
+        # recipe does not set (model, sizes); their values of the recipe's keys belong to the method's own recipe.
+        rkeys = set(flatten({"train": (raw.get("recipes") or {}).get(explicit_recipe, {})}))
+        for i, (name, groups) in enumerate(layers):
+            if not name.startswith("method "):
+                continue
+            flat = flatten(groups)
+            dropped = sorted(k for k in flat if k in rkeys)
+            if dropped:
+                logging.getLogger(__name__).info(
+                    "%s: recipe %s sets %s: the values of %s are not applied",
+                    source,
+                    explicit_recipe,
+                    ", ".join(dropped),
+                    name,
+                )
+                kept: dict[str, Any] = {}
+                for k, v in flat.items():
+                    if k not in rkeys:
+                        _set_nested(kept, k, v)
+                layers[i] = (name, kept)
+    if overrides:
+        node: dict[str, Any] = {}
+        for key, value in overrides.items():
+            _set_nested(node, key, value)
+        layers.append(("override", node))
+    return raw, layers, source
+
+
 def load_config(
     path: str | Path | None,
     overrides: Mapping[str, Any] | None = None,
@@ -333,9 +568,10 @@ def load_config(
 ) -> Config:
     """Load a params YAML file strictly and resolve one run's config.
 
-    Order (later wins): the file's groups; the recipe (`recipes.<name>` over `train`); the method's groups
-    (`methods.<method>`); the selected profile (`profiles.<profile>`, then `methods.<method>.profiles.<profile>`);
-    the dotted-key overrides (`{"train.seed": 1}`; a `profile` override selects the profile first).
+    Order (later wins, see :func:`resolve_layers`): the file's groups; the recipe (`recipes.<name>` over `train`);
+    the method's groups (`methods.<method>`); the selected profile (`profiles.<profile>`: sizes only), then
+    `methods.<method>.profiles.<profile>`; the dotted-key overrides (`{"train.seed": 1}`; a `profile` override
+    selects the profile first).
 
     Args:
         path: the params file (None: defaults only).
@@ -343,62 +579,49 @@ def load_config(
         recipe: None loads the file as is (with its `recipes` group); a name applies `recipes.<name>` over `train`
             and records it as `train.recipe`; "" applies none (or the method's recipe). In both of the latter cases
             the result is a run's resolved config, without the `recipes`/`profiles`/`methods`/`pipeline` groups.
-        method: a key of `methods` (its recipe and group overrides are applied); a name not listed there is only a
-            label for the run.
+        method: a key of `methods` (its recipe and group overrides are applied).
 
     Raises:
-        ConfigError: the file is missing or not YAML, a key/type is wrong (the message names key and file), or the
-            recipe is unknown.
+        ConfigError: the file is missing or not YAML, a key, type or range is wrong (the message names key and file),
+            or the recipe, method or profile is unknown.
     """
-    raw: dict[str, Any] = {}
-    source = "<defaults>"
-    if path is not None:
-        source = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{source}: params file not found (expected a YAML file with groups data/train/...)")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{source}: expected a mapping of groups at the top level, got {type(loaded).__name__}")
-        raw = loaded or {}
-    overrides = dict(overrides or {})
-    if "profile" in overrides:
-        raw["profile"] = overrides.pop("profile")
-    config_from_dict(raw, source)  # validate the file itself, recipes included, before combining anything
-    entry: dict[str, Any] = {}
-    if method:
-        entry = (raw.get("methods") or {}).get(method) or {}  # not listed: the method name is only a label
-        if recipe is None or recipe == "":
-            recipe = entry.get("recipe", recipe)
-    if recipe:
-        recipes = raw.get("recipes") or {}
-        if recipe not in recipes:
-            known = ", ".join(sorted(recipes)) or "none defined"
-            raise ConfigError(f"{source}: unknown recipe '{recipe}' (params group 'recipes': {known})")
-        raw["train"] = {**(raw.get("train") or {}), **recipes[recipe], "recipe": recipe}
-    for g in GROUPS:
-        if g in entry:
-            raw[g] = deep_merge(raw.get(g), entry[g])
-    profile, profiles = raw.get("profile") or "", raw.get("profiles") or {}
-    # a resolved run config (config.yaml, loaded as is) records its profile without the profiles group
-    if profile and (profile in profiles or recipe is not None or method):
-        if profile not in profiles:
-            known = ", ".join(sorted(profiles)) or "none defined"
-            raise ConfigError(f"{source}: profile: unknown profile '{profile}' (params group 'profiles': {known})")
-        for groups in (profiles[profile], (entry.get("profiles") or {}).get(profile, {})):
-            for g, v in groups.items():
-                raw[g] = deep_merge(raw.get(g), v)
-    if recipe is not None or method:
+    raw, layers, source = resolve_layers(path, overrides, recipe, method)
+    return _merge_layers(raw, layers, source, resolved=recipe is not None or bool(method))
+
+
+def _merge_layers(raw: dict[str, Any], layers: list[tuple[str, dict[str, Any]]], source: str, resolved: bool) -> Config:
+    out = {k: v for k, v in raw.items() if k not in GROUPS}
+    if resolved:
         for key in ("recipes", "profiles", "methods", "pipeline"):
-            raw.pop(key, None)
-    for key, value in overrides.items():
-        _set_nested(raw, key, value)
-    if overrides:
+            out.pop(key, None)
+    for _name, groups in layers:
+        for g, v in groups.items():
+            if isinstance(v, Mapping) and isinstance(out.get(g), Mapping):
+                out[g] = deep_merge(out[g], v)
+            else:
+                out[g] = v
+    if any(name == "override" for name, _ in layers):
         source = f"{source} (with overrides)"
-    return config_from_dict(raw, source)
+    return config_from_dict(out, source)
+
+
+def explain_config(
+    path: str | Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    recipe: str | None = None,
+    method: str | None = None,
+) -> tuple[Config, dict[str, str]]:
+    """The resolved config of a run and, for every dotted key, the layer its value came from: `default` (the
+    dataclasses), `params`, `recipe <name>`, `method <name>`, `profile <p>`, `method <name>, profile <p>` or
+    `override` (what `bnas config` prints)."""
+    raw, layers, source = resolve_layers(path, overrides, recipe if recipe is not None else "", method)
+    cfg = _merge_layers(raw, layers, source, resolved=True)
+    origin = {k: "default" for k in flatten(config_to_dict(cfg))}
+    for name, groups in layers:
+        for k in flatten({g: v for g, v in groups.items() if g in GROUPS}):
+            if k in origin:
+                origin[k] = name
+    return cfg, origin
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -164,19 +164,69 @@ def _read_folder_split(split_dir: Path) -> tuple[np.ndarray, np.ndarray, list[st
     return np.stack(images), np.asarray(labels, dtype=np.int64), [fp]
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle referenced a global outside the CIFAR-10 batch format."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"refused global {name}")
+        self.name = name
+
+
+def _cifar_pickle_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR-10 python batch may reference, mapped to this numpy's objects (nothing is imported).
+
+    The official files (Python 2 cPickle, protocol 2) name `numpy.core.multiarray._reconstruct`, `numpy.ndarray` and
+    `numpy.dtype`; a batch re-pickled by numpy 2 names `numpy._core...`, and with protocol 5 `numeric._frombuffer`.
+    Dicts, lists, ints and byte strings need no global.
+    """
+    try:
+        from numpy._core import multiarray, numeric  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    out: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for core in ("numpy.core", "numpy._core"):
+        out[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        out[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer
+    return out
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 python batch and nothing else: any other global (the way a pickle runs code) is refused."""
+
+    _allowed = _cifar_pickle_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        """The allowed object for `module.name`; raises `_RefusedGlobal` for anything else."""
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise _RefusedGlobal(f"{module}.{name}") from None
+
+
 def _read_batch_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DataError(f"{path}: missing; expected {_BATCHES_LAYOUT}")
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = _CifarUnpickler(f, encoding="bytes").load()
+    except _RefusedGlobal as e:
+        raise DataError(
+            f"{path}: refused to unpickle global '{e.name}': a CIFAR-10 batch holds only numpy arrays, lists, numbers "
+            f"and byte strings (the file may be malicious); expected {_BATCHES_LAYOUT}"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - any failure to parse is a corrupt file for the user
+        raise DataError(
+            f"{path}: corrupt CIFAR-10 batch file ({type(e).__name__}: {e}); expected {_BATCHES_LAYOUT}"
+        ) from None
+    try:
         data = np.asarray(d[b"data"], dtype=np.uint8)
         labels = np.asarray(d[b"labels"], dtype=np.int64)
     except Exception as e:  # noqa: BLE001 - any failure to parse is a corrupt file for the user
         raise DataError(
             f"{path}: corrupt CIFAR-10 batch file ({type(e).__name__}: {e}); expected {_BATCHES_LAYOUT}"
         ) from None
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data) or labels.min() < 0 or labels.max() > 9:
+    bad_labels = labels.ndim != 1 or len(labels) == 0 or labels.min() < 0 or labels.max() > 9
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data) or bad_labels:
         raise DataError(f"{path}: unexpected content (data {data.shape}); expected rows of 3072 uint8 and labels 0..9")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
 

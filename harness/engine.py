@@ -1,8 +1,14 @@
 """The training loop shared by every model: timm optimizers/schedulers/losses, hooks, AMP, DDP, top-1/top-5.
 
 Shaped like timm's `train.py` (`train_one_epoch()`, `validate()`), with hooks around forward/backward/step so that a
-method can transform weights (XNOR-style binarisation binarises latent weights before the forward pass, restores them
-after the backward pass and rescales their gradient; bnas.md §1.2) without its own loop.
+method can transform weights without its own loop (e.g. a hook that binarises latent weights before the forward pass,
+restores them after the backward pass and rescales their gradient).
+
+The BNAS networks' XNOR binarisation (bnas.md §1.2) needs no hook: it happens inside their binary convs' weight
+quantizers (:class:`methods.binary.quantizers.XnorWeight`): the latent weights are centred and clamped in place at the
+first forward of each iteration and of each evaluation pass (the engine schedules it), and their gradient is rescaled
+inside autograd. The gradient clip (`train.clip_grad`, BNAS ImageNet: 5) still measures the norm the release's clip
+measures, that of the gradients before the rescale (:func:`clip_grad_norm_release_order`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ __all__ = [
     "build_scheduler",
     "build_loss",
     "autocast",
+    "clip_grad_norm_release_order",
     "train_one_epoch",
     "validate",
     "unwrap",
@@ -40,7 +47,10 @@ class Hook:
     """Callbacks around the training step; every method is a no-op by default.
 
     Order within a step: `before_forward` -> forward/backward -> (unscale, clip) -> `after_backward` -> optimizer step
-    -> `after_step`. Evaluation is bracketed by `before_eval`/`after_eval`; `on_epoch_start` runs before each epoch.
+    -> `after_step`. So the clip sees the gradients before whatever `after_backward` does to them (a hook-side
+    rescale happens after the clip, as in the BNAS release); a rescale inside autograd (the XNOR quantizers'
+    "xnor_rescale") is undone for the norm by :func:`clip_grad_norm_release_order`. Evaluation is bracketed by
+    `before_eval`/`after_eval`; `on_epoch_start` runs before each epoch.
     """
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
@@ -50,7 +60,8 @@ class Hook:
         """Called before each training forward pass (e.g. binarise latent weights)."""
 
     def after_backward(self, model: nn.Module) -> None:
-        """Called with final gradients, before the optimizer step (e.g. restore latent weights, rescale gradients)."""
+        """Called after the backward pass and the clip, before the optimizer step (e.g. restore latent weights,
+        rescale gradients)."""
 
     def after_step(self, model: nn.Module) -> None:
         """Called after each optimizer step."""
@@ -278,6 +289,52 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def clip_grad_norm_release_order(
+    model: nn.Module,
+    params: Iterable[torch.Tensor],
+    max_norm: float,
+    *,
+    rescaled: Sequence[tuple[torch.Tensor, Any]] | None = None,
+) -> torch.Tensor:
+    """`nn.utils.clip_grad_norm_(params, max_norm)` with the norm the BNAS release's clip measures.
+
+    The release (train_imagenet.py) clips with `clip_grad_norm(model.parameters(), 5)` while its binarised conv
+    weights hold W_b = alpha*sign(W), i.e. on g = dL/dW_b, and only then restores the latent weights and replaces g
+    by XNOR-Net-PyTorch's rescaled gradient (`updateBinaryGradWeight`, bnas.md §1.2). Here that rescale runs inside
+    autograd (XnorWeight `grad="xnor_rescale"`), so `.grad` is already rescaled: a plain clip would see a norm 17-23x
+    larger on a small BNAS-D (almost all of it the rescale's) and shrink every update accordingly. The rescale is
+    linear in g, so clipping g by a factor and then rescaling equals rescaling and then scaling by that factor: this
+    computes the total 2-norm over g of every such weight (recovered from its `.grad` by
+    :meth:`XnorWeight.raw_grad`) and `.grad` of every other parameter, and multiplies ALL `.grad` by
+    min(1, max_norm / (norm + 1e-6)) (torch's formula and kernels). Without such weights it is exactly
+    `nn.utils.clip_grad_norm_`. Call it after the backward pass and after `GradScaler.unscale_`, with the latent
+    weights as the forward saw them; the recovery is linear, so it applies as well to DDP-averaged gradients (every
+    rank recovers the average of the ranks' g and takes the same clip factor).
+
+    Args:
+        model: the model holding the XNOR convs (a DDP wrapper works too).
+        params: the parameters to clip.
+        max_norm: the clip threshold.
+        rescaled: `xnor_rescaled_weights(model)` computed once by the caller (else computed here).
+
+    Returns:
+        The total norm the clip used.
+    """
+    from methods.binary.quantizers import xnor_rescaled_weights
+
+    params = list(params)
+    quantizer_of = {id(w): q for w, q in (xnor_rescaled_weights(model) if rescaled is None else rescaled)}
+    grads = []
+    for p in params:
+        if p.grad is None:
+            continue
+        q = quantizer_of.get(id(p))
+        grads.append(p.grad if q is None else q.raw_grad(p.detach(), p.grad))
+    total = nn.utils.get_total_norm(grads, 2.0)
+    nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
+
+
 def _topk_correct(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     k = min(5, logits.shape[1])
     hit = logits.topk(k, dim=1).indices == target[:, None]
@@ -310,6 +367,10 @@ def train_one_epoch(
     sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss*n, correct@1, n
     check_every = 1 if dev.type == "cpu" else max(1, cfg.log_interval)
     params = [p for p in model.parameters() if p.requires_grad]
+    from methods.binary.quantizers import XnorWeight, schedule_xnor_prep, xnor_rescaled_weights
+
+    xnor = [m for m in inner.modules() if isinstance(m, XnorWeight)]
+    rescaled = xnor_rescaled_weights(inner) if cfg.clip_grad > 0 else []
     bar = None
     if progress:
         from tqdm import tqdm
@@ -324,6 +385,7 @@ def train_one_epoch(
             x = x.contiguous(memory_format=torch.channels_last)
         for h in hooks:
             h.before_forward(inner)
+        schedule_xnor_prep(xnor)  # centre + clamp the XNOR latent weights once, at this iteration's forward
         with autocast(cfg, dev):
             logits = model(x)
             loss = loss_fn(logits, y)
@@ -333,8 +395,8 @@ def train_one_epoch(
             scaler.unscale_(optimizer)
         else:
             loss.backward()
-        if cfg.clip_grad > 0:
-            nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        if cfg.clip_grad > 0:  # on the gradients before the XNOR rescale, as the release (bnas.md §1.2)
+            clip_grad_norm_release_order(inner, params, cfg.clip_grad, rescaled=rescaled)
         for h in hooks:
             h.after_backward(inner)
         if (i + 1) % check_every == 0 or i + 1 == len(loader):  # type: ignore[arg-type]
@@ -394,10 +456,15 @@ def validate(
     rt: Runtime,
     hooks: Sequence[Hook] = (),
 ) -> dict[str, float]:
-    """Top-1/top-5 accuracy (%) and mean cross-entropy over the loader, summed exactly over ranks."""
+    """Top-1/top-5 accuracy (%) and mean cross-entropy over the loader, summed exactly over ranks.
+
+    The XNOR latent weights are centred and clamped once, at the pass's first batch (the release's `infer`)."""
+    from methods.binary.quantizers import schedule_xnor_prep
+
     for h in hooks:
         h.before_eval(model)
     model.eval()
+    schedule_xnor_prep(model)
     dev = rt.device
     sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss sum, top1, top5, n
     loss_fn = nn.CrossEntropyLoss(reduction="sum")

@@ -1,10 +1,20 @@
 """`bnas search`: the BNAS architecture search on the recorded 25k/25k CIFAR-10 split (bnas.md §4).
 
-Run folder: `config.yaml`, `checkpoint.pt` (every epoch, atomic: supernet, both optimizers, RNG, history, best),
-`history.csv` (per epoch: losses, accuracies, mean alpha entropy, regulariser weight, genotype), `genotypes/` (the
-derived genotype and the alphas of every epoch), `genotype.json` (the result and the epoch it came from, plus the
-ImageNet-transfer genotype), `alphas.json` (the final alphas, the input of `bnas derive`), `alphas.png` (heatmap of the
-final alphas), `metrics.json`.
+Selection: the epoch with the best accuracy on the (sub-sampled) validation split, evaluated after each epoch. Its
+end-of-epoch genotype (the one evaluated) is the result; `search.official_genotype_offset` keeps the genotype at the
+start of that epoch instead, as the release does. Validation images, both for the architecture batches and for that
+evaluation: un-augmented by default, the training crop + flip with `search.official_val_augment` (the release). The
+architecture batches are one shuffled pass per epoch, cycling; `search.official_val_resample` draws a fresh random
+batch at every step instead (the release's `next(iter(valid_queue))`).
+
+Run folder: `config.yaml`, `checkpoint.pt` (every epoch, atomic: supernet, both optimizers, RNG, history, the best
+epoch with its alphas), `history.csv` (per epoch: losses, accuracies, mean alpha entropy, regulariser weight,
+genotype), `genotypes/` (the derived genotype and the end-of-epoch alphas of every epoch), `genotype.json` (the
+selected genotype and its epoch, the ImageNet-transfer genotype of the same alphas, and both derived from the final
+alphas), `alphas_best.json` (the alphas behind the selected genotype, plus `epoch`, `selection`, `val_top1`),
+`alphas_final.json` (the final alphas plus `epoch`), `alphas.json` (the final alphas), `alphas.png` (heatmap of the
+final alphas), `genotype.txt` (the selected genotype), `metrics.json` (with `precision`: bf16 or fp32 supernet
+forwards). The `bnas derive` stage reads alphas_best.json or alphas_final.json (`pipeline.retrain_cell`).
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +32,7 @@ import torch
 
 from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from harness.config import Config, config_to_dict, flatten, save_config
-from harness.data import CifarLoader, load_cifar10, stratified_subset
+from harness.data import CifarLoader, crop_flip, load_cifar10, stratified_subset
 from harness.distributed import all_reduce_sum, setup_runtime, teardown_runtime
 from harness.errors import DataError
 from harness.io import atomic_path, atomic_write_json, atomic_write_text
@@ -126,6 +137,65 @@ def _genotype_dict(g: Any) -> dict[str, Any]:
     return json.loads(genotype_to_json(g))
 
 
+class ResampledBatches:
+    """Architecture batches as the release draws them (`search.official_val_resample`): every step a fresh random
+    global batch of the validation images, without replacement within the batch and independent across steps.
+
+    The draws of an epoch come from a generator seeded by (seed, epoch), so a run (and a resume, which restarts at an
+    epoch boundary) sees the same batches. Every rank draws the same global batch and takes its shard
+    (`rank::world_size`), as :class:`harness.data.CifarLoader` does. With `augment`, each drawn image gets the training
+    crop + flip, drawn from the same generator. Images and normalisation are those of `loader`.
+    """
+
+    def __init__(self, loader: CifarLoader, global_batch: int, *, augment: bool, seed: int) -> None:
+        self.loader, self.augment, self.seed = loader, augment, seed
+        n, w = len(loader.labels), loader.world_size
+        self.global_batch = min(global_batch, n) // w * w
+
+    def indices(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
+        """Per step: (this rank's sample indices, crop offsets (b, 2) or None, flip flags or None), endlessly."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 104_729)
+        n, b = len(self.loader.labels), self.global_batch
+        mine = slice(self.loader.rank, None, self.loader.world_size)
+        while True:
+            idx = torch.randperm(n, generator=g)[:b]
+            if self.augment:
+                off, flip = torch.randint(0, 9, (b, 2), generator=g), torch.rand(b, generator=g) < 0.5
+                yield idx[mine], off[mine], flip[mine]
+            else:
+                yield idx[mine], None, None
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless (images, labels) batches of this rank for `epoch`, normalised as the loader's."""
+        ld = self.loader
+        for idx, off, flip in self.indices(epoch):
+            dev_idx = idx.to(ld.device, non_blocking=True)
+            x = ld.images[dev_idx]
+            if off is not None and flip is not None:
+                x = crop_flip(x, off[:, 0].to(ld.device), off[:, 1].to(ld.device), flip.to(ld.device))
+            x = x.float().mul_(ld.scale).add_(ld.shift)
+            if ld.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, ld.labels[dev_idx]
+
+
+def _evaluate(searcher: Any, loader: CifarLoader, rt: Any) -> tuple[float, int, int]:
+    """(cross-entropy sum, correct, images) of the supernet in eval mode over `loader`, summed over the ranks."""
+    searcher.net.eval()
+    correct = total = 0
+    loss_sum = 0.0
+    with torch.no_grad():
+        for x, y in loader:
+            logits = searcher.forward(x)
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            total += len(y)
+    if rt.distributed:  # each rank evaluated its shard
+        sums_t = all_reduce_sum(torch.tensor([loss_sum, correct, total], dtype=torch.float64, device=loader.device), rt)
+        loss_sum, correct, total = sums_t[0].item(), int(sums_t[1].item()), int(sums_t[2].item())
+    return loss_sum, correct, total
+
+
 def run_search(
     cfg: Config, data: str | Path, out: str | Path, *, resume: bool = False, progress: bool = True, method: str = "bnas"
 ) -> dict[str, Any]:
@@ -146,13 +216,26 @@ def run_search(
         tr_x, tr_y = _split(ds.train_x, ds.train_y, ds.search_train_idx, sc.train_subset, cfg.data.split_seed)
         va_x, va_y = _split(ds.train_x, ds.train_y, ds.search_val_idx, sc.train_subset, cfg.data.split_seed)
         dev = rt.device
-        # both halves use the training transforms (bnas.md §4); the architecture batches cycle persistently. Each rank
-        # takes its shard of every global batch (same samples and augmentations as one process).
+        # Weight batches: training transforms. Validation images (architecture batches and the per-epoch selection
+        # evaluation): un-augmented, or the training crop + flip with official_val_augment (the release). The
+        # architecture batches are one shuffled pass per epoch, cycling, or a fresh random batch per step with
+        # official_val_resample (the release). Each rank takes its shard of every global batch (same samples and
+        # augmentations as one process).
         shard = {"device": dev, "rank": rt.rank, "world_size": rt.world_size}
         per_rank = sc.batch_size // rt.world_size
+        val_aug = sc.official_val_augment
         train_loader = CifarLoader(tr_x, tr_y, per_rank, train=True, seed=sc.seed, **shard)
-        val_loader = CifarLoader(va_x, va_y, per_rank, train=True, seed=sc.seed + 1, **shard)
-        eval_loader = CifarLoader(va_x, va_y, max(per_rank, 256), train=False, **shard)
+        val_loader = CifarLoader(va_x, va_y, per_rank, train=True, augment=val_aug, seed=sc.seed + 1, **shard)
+        resampled = (
+            ResampledBatches(val_loader, sc.batch_size, augment=val_aug, seed=sc.seed + 1)
+            if sc.official_val_resample
+            else None
+        )
+        # augmented selection evaluation: the training loader's crop + flip (its shuffle does not change the
+        # accuracy; it drops a last batch of one image and, with N processes, up to N - 1 images)
+        eval_loader = CifarLoader(
+            va_x, va_y, max(per_rank, 256), train=val_aug, augment=val_aug, seed=sc.seed + 2, **shard
+        )
         torch.manual_seed(sc.seed)
         net = SuperNet(
             sc.init_channels,
@@ -188,14 +271,16 @@ def run_search(
             tau=sc.tau,
             official_entropy_bug=sc.official_entropy_bug,
             official_lr_offset=sc.official_lr_offset,
-            amp_dtype=torch.bfloat16 if (sc.amp and dev.type == "cuda") else None,
+            amp_dtype=torch.bfloat16 if (sc.amp and dev.type == "cuda") else None,  # = searcher.amp_dtype
             cuda_graph=sc.cuda_graph and not sc.compile,  # the two together are untested: compile wins
         )
         if sc.cuda_graph and dev.type == "cuda" and not sc.compile and not searcher.cuda_graph:
             log.warning("search.cuda_graph: runs with one process only; %d processes run eagerly", rt.world_size)
+        precision = "bf16" if searcher.amp_dtype is not None else "fp32"  # of the supernet forwards
         cfg_dict, digest = config_to_dict(cfg), code_digest()
         ckpt = out / "checkpoint.pt"
-        start, history, best, run_id = 0, [], {"val_top1": -1.0, "epoch": -1, "genotype": None}, None
+        best: dict[str, Any] = {"val_top1": -1.0, "epoch": -1, "genotype": None, "alphas": None, "alphas_epoch": -1}
+        start, history, run_id = 0, [], None
         if resume and ckpt.exists():
             state = load_checkpoint(ckpt, map_location=dev)
             diff = _config_diff(state.get("config", {}), cfg_dict)
@@ -242,6 +327,7 @@ def run_search(
                     "bnas.torch": torch.__version__,
                     "bnas.device": str(dev),
                     "bnas.world_size": rt.world_size,
+                    "bnas.precision": precision,
                 },
                 params=flatten(cfg_dict),
                 run_id=run_id,
@@ -252,12 +338,17 @@ def run_search(
                 t0 = time.perf_counter()
                 searcher.new_epoch(epoch)
                 g_start = searcher.genotype(exclude_zeroise=sc.no_zeroise)
+                a_start = alphas_dict(net.alphas_normal, net.alphas_reduce, net.primitives)
                 train_loader.set_epoch(epoch)
                 val_loader.set_epoch(epoch)
+                eval_loader.set_epoch(epoch)
                 acc: torch.Tensor | None = None  # the epoch's metric sums, kept on the device (no wait per step)
                 n = 0
-                val_iter = itertools.cycle(val_loader) if len(val_loader) else iter(())
-                it = zip(train_loader, val_iter, strict=False)  # the val iterator cycles
+                if resampled is not None:
+                    val_iter: Iterator[tuple[torch.Tensor, torch.Tensor]] = resampled.batches(epoch)
+                else:
+                    val_iter = itertools.cycle(val_loader) if len(val_loader) else iter(())
+                it = zip(train_loader, val_iter, strict=False)  # the val iterator cycles (or never ends)
                 if progress and main:
                     from tqdm import tqdm
 
@@ -268,21 +359,9 @@ def run_search(
                     n += 1
                 sums = dict(zip(searcher.metric_names, acc.tolist(), strict=True)) if acc is not None else {}
                 row: dict[str, Any] = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()}}
-                net.eval()
-                correct = total = 0
-                loss_sum = 0.0
-                with torch.no_grad():
-                    for x, y in eval_loader:
-                        logits = searcher.forward(x)
-                        loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-                        correct += int((logits.argmax(1) == y).sum())
-                        total += len(y)
-                if rt.distributed:  # each rank evaluated its shard
-                    sums_t = all_reduce_sum(
-                        torch.tensor([loss_sum, correct, total], dtype=torch.float64, device=dev), rt
-                    )
-                    loss_sum, correct, total = sums_t[0].item(), int(sums_t[1].item()), int(sums_t[2].item())
+                loss_sum, correct, total = _evaluate(searcher, eval_loader, rt)
                 g_end = searcher.genotype(exclude_zeroise=sc.no_zeroise)
+                a_end = alphas_dict(net.alphas_normal, net.alphas_reduce, net.primitives)
                 row.update(
                     {
                         "val/loss": loss_sum / max(total, 1),
@@ -294,9 +373,15 @@ def run_search(
                         "genotype": json.dumps(_genotype_dict(g_end)),
                     }
                 )
-                if row["val/top1"] > best["val_top1"]:
-                    chosen = g_start if sc.official_genotype_offset else g_end
-                    best = {"val_top1": row["val/top1"], "epoch": epoch + 1, "genotype": _genotype_dict(chosen)}
+                if row["val/top1"] > best["val_top1"]:  # the selection: the alphas behind it are what is retrained
+                    offset = sc.official_genotype_offset
+                    best = {
+                        "val_top1": row["val/top1"],
+                        "epoch": epoch + 1,
+                        "genotype": _genotype_dict(g_start if offset else g_end),
+                        "alphas": a_start if offset else a_end,
+                        "alphas_epoch": epoch if offset else epoch + 1,  # the epoch they were taken after; 0 = initial
+                    }
                 history.append(row)
                 gdir = out / "genotypes"
                 if not main:
@@ -306,7 +391,7 @@ def run_search(
                     {
                         "epoch": epoch + 1,
                         "genotype": _genotype_dict(g_end),
-                        **alphas_dict(net.alphas_normal, net.alphas_reduce, net.primitives),
+                        **a_end,
                     },
                 )
                 save_checkpoint(
@@ -342,26 +427,47 @@ def run_search(
                     return {"rank": rt.rank}
             from methods.bnas.search import derive_genotype
 
-            imagenet = derive_genotype(
-                net.alphas_normal,
-                net.alphas_reduce,
-                net.primitives,
-                net.steps,
-                exclude_zeroise=sc.no_zeroise,
-                gamma=sc.gamma,
-                official_gamma_bug=sc.official_gamma_bug,
-            )
+            def imagenet(an: torch.Tensor, ar: torch.Tensor) -> dict[str, Any]:
+                g = derive_genotype(
+                    an,
+                    ar,
+                    net.primitives,
+                    net.steps,
+                    exclude_zeroise=sc.no_zeroise,
+                    gamma=sc.gamma,
+                    official_gamma_bug=sc.official_gamma_bug,
+                )
+                return _genotype_dict(g)
+
+            selection = "start-of-epoch (release)" if sc.official_genotype_offset else "end-of-epoch"
+            final = alphas_dict(net.alphas_normal, net.alphas_reduce, net.primitives)
+            chosen = best["alphas"]
             result = {
                 "genotype": best["genotype"],
                 "epoch": best["epoch"],
                 "val_top1": best["val_top1"],
-                "selection": "start-of-epoch (release)" if sc.official_genotype_offset else "end-of-epoch",
+                "selection": selection,
                 "genotype_final": _genotype_dict(searcher.genotype(exclude_zeroise=sc.no_zeroise)),
-                "genotype_imagenet": _genotype_dict(imagenet),
+                # the ImageNet-transfer genotype of the selected alphas (the release: of the same epoch)
+                "genotype_imagenet": imagenet(
+                    torch.tensor(chosen["alphas_normal"]), torch.tensor(chosen["alphas_reduce"])
+                ),
+                "genotype_imagenet_final": imagenet(net.alphas_normal, net.alphas_reduce),
                 "gamma": sc.gamma,
             }
             atomic_write_json(out / "genotype.json", result)
-            atomic_write_json(out / "alphas.json", alphas_dict(net.alphas_normal, net.alphas_reduce, net.primitives))
+            atomic_write_json(
+                out / "alphas_best.json",
+                {
+                    **chosen,
+                    "epoch": best["epoch"],
+                    "selection": selection,
+                    "val_top1": best["val_top1"],
+                    "alphas_epoch": best["alphas_epoch"],
+                },
+            )
+            atomic_write_json(out / "alphas_final.json", {**final, "epoch": history[-1]["epoch"], "selection": "final"})
+            atomic_write_json(out / "alphas.json", final)
             plot_alphas(net.alphas_normal, net.alphas_reduce, net.primitives, out / "alphas.png")
             last = history[-1]
             metrics = {
@@ -372,13 +478,16 @@ def run_search(
                 "perf/search_s": sum(r["perf/epoch_s"] for r in history),
                 "perf/peak_mem_mb": peak_memory_mb(dev),
                 "world_size": rt.world_size,
+                "precision": precision,
             }
             atomic_write_json(out / "metrics.json", metrics)
             atomic_write_text(out / "genotype.txt", json.dumps(best["genotype"]) + "\n")
             if tracker is not None:
-                tracker.log_metrics(metrics, step=sc.epochs)
+                tracker.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, str)}, step=sc.epochs)
                 for name in (
                     "genotype.json",
+                    "alphas_best.json",
+                    "alphas_final.json",
                     "alphas.json",
                     "alphas.png",
                     "config.yaml",

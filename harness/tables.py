@@ -57,6 +57,12 @@ class MethodRuns:
     params: float = math.nan
     pretrained: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    precision: list[str] = field(default_factory=list)  # per seed: fp32 / bf16 / fp16 (metrics.json `precision`)
+
+    @property
+    def precisions(self) -> str:
+        """The seeds' precisions, e.g. 'fp32' or 'bf16, fp32' ('?' for runs that did not record it)."""
+        return ", ".join(sorted(set(self.precision))) or "?"
 
     @property
     def family(self) -> tuple[str, str]:
@@ -96,6 +102,7 @@ def collect_runs(root: str | Path, dataset: str) -> dict[str, MethodRuns]:
             runs.seeds.append(int(train.get("seed", len(runs.seeds))))
             runs.top1.append(float(m["val/top1"]))
             runs.top5.append(float(m.get("val/top5", math.nan)))
+            runs.precision.append(str(m.get("precision", "?")))
             runs.ops = float(m.get("cost/ops", math.nan))
             runs.params = float(m.get("params", math.nan))
         if runs is not None:
@@ -152,11 +159,13 @@ def _comparison_rows(
                 method,
                 scheme,
                 "—" if pre is None else ("✓" if pre else "✗"),
+                r.precisions if r else "—",
                 _f(ops),
                 _f(ref.get("flops")),
                 "—" if not r or math.isnan(r.params) else f"{r.params / 1e6:.2f}M",
                 _f(paper),
                 _f(ref.get("top5")),
+                ref.get("selection") or "—",
                 s.fmt(),
                 s5.fmt(),
                 str(s.n),
@@ -172,11 +181,13 @@ def _comparison_rows(
                 "run_folder": r.name if r else "",
                 "scheme": scheme,
                 "pretraining": pre,
+                "precision": r.precisions if r else "",
                 "ops_ours_1e8": ops,
                 "flops_paper_1e8": ref.get("flops"),
                 "params": r.params if r else math.nan,
                 "top1_paper": paper,
                 "top5_paper": ref.get("top5"),
+                "paper_selection": ref.get("selection") or "",
                 "n": s.n,
                 "seeds": " ".join(str(x) for x in (r.seeds if r else [])),
                 "top1_mean": s.mean,
@@ -197,11 +208,13 @@ COLUMNS = [
     "Method (backbone)",
     "Binarisation",
     "Pretraining",
+    "Precision",
     "OPs ours (1e8)",
     "FLOPs paper (1e8)",
     "Params",
     "Top-1 paper",
     "Top-5 paper",
+    "Paper checkpoint",
     "Top-1 ours (mean ± std)",
     "Top-5 ours",
     "n",
@@ -210,6 +223,14 @@ COLUMNS = [
     "Verdict",
     "p vs BNAS (Welch, Holm)",
 ]
+
+
+CHECKPOINT_NOTE = (
+    "Ours: the last epoch's weights on the evaluation set (never a maximum over epochs). Paper checkpoint: "
+    "may-be-best-on-val = the release keeps the checkpoint with the best top-1 on the set it reports on, so the "
+    "number may be a maximum over evaluations; last-epoch; unknown (see results/reference.yaml). Precision: the "
+    "arithmetic our seeds trained in (the release: fp32)."
+)
 
 
 def build_tables(
@@ -240,7 +261,7 @@ def build_tables(
         base = cref.get(name, {})
         entry = {"key": name}
         if base:
-            entry.update(top1=base["top1"], label=f"{base['name']} (bnas_a)")
+            entry.update(top1=base["top1"], label=f"{base['name']} (bnas_a)", selection=base.get("selection"))
         if name == ABLATIONS["full"]:
             entry["label"] = "BNAS (cell searched by this pipeline)"
         entries.append((entry, r))
@@ -254,6 +275,7 @@ def build_tables(
                         "label": f"{base['name']} ({m})",
                         "scheme": "Sign + Scale",
                         "pretraining": False,
+                        "selection": base.get("selection"),
                     },
                     None,
                 )
@@ -264,7 +286,10 @@ def build_tables(
             "cifar10",
             "CIFAR-10: top-1 on the full 10,000-image test set",
             notes
-            + ["p-values compare each row's seeds with BNAS-A's (Welch's t-test), Holm-corrected over the table."],
+            + [
+                "p-values compare each row's seeds with BNAS-A's (Welch's t-test), Holm-corrected over the table.",
+                CHECKPOINT_NOTE,
+            ],
             COLUMNS,
             rows,
             raw,
@@ -291,6 +316,7 @@ def build_tables(
                     "label": f"{row['name']} (README)",
                     "top1": row["top1"],
                     "top5": row["top5"],
+                    "selection": row.get("selection"),
                     "scheme": "Sign + Scale",
                     "pretraining": False,
                 },
@@ -310,6 +336,7 @@ def build_tables(
                 "FLOPs paper: the poster's group (x1e8). OPs ours: our counter, policy bireal (FLOPs + BOPs/64) — the "
                 "BNAS rows' 1.48e8 needs the first release's binary res convs and policy binary_weights (README).",
                 "p-values compare each row's seeds with BNAS-D's (Welch's t-test), Holm-corrected over the table.",
+                CHECKPOINT_NOTE,
             ],
             COLUMNS,
             rows,
@@ -353,6 +380,7 @@ def _ablation_table(cifar: dict[str, MethodRuns], paper: list[dict[str, Any]], n
         ]
     )
     rows.append(["ours: status", *("not run" if summ[c].n == 0 else "run" for c in cols)])
+    rows.append(["ours: precision", *(cifar[ABLATIONS[c]].precisions if ABLATIONS[c] in cifar else "—" for c in cols)])
     for c in cols:
         s = summ[c]
         raw.append(

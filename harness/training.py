@@ -40,7 +40,19 @@ from harness.errors import CheckpointError, ConfigError, DataError
 from harness.io import atomic_path, atomic_write_json, atomic_write_text
 from harness.models import count_params, create_model
 
-__all__ = ["build_loaders", "fit", "run_train", "run_evaluate", "peak_memory_mb", "code_digest", "PERF_PREFIX"]
+__all__ = [
+    "build_loaders",
+    "fit",
+    "run_train",
+    "run_evaluate",
+    "peak_memory_mb",
+    "code_digest",
+    "check_optimizer",
+    "per_process_batch",
+    "precision",
+    "batch_deviation",
+    "PERF_PREFIX",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +82,21 @@ def build_loaders(cfg: Config, data: str | Path, rt: Runtime) -> tuple[Any, Any,
     meta = _read_meta(data)
     tc, dc = cfg.train, cfg.data
     cl = tc.channels_last
+    batch = per_process_batch(tc.batch_size, rt.world_size)
     if meta.get("dataset") == "cifar10":
         ds = load_cifar10(data)
         tr_idx = torch.from_numpy(stratified_subset(ds.train_y.numpy(), dc.train_subset, dc.split_seed))
         te_idx = torch.from_numpy(stratified_subset(ds.test_y.numpy(), dc.test_subset, dc.split_seed))
         dev = rt.device if dc.on_device else torch.device("cpu")
         common = {"seed": tc.seed, "device": dev, "rank": rt.rank, "world_size": rt.world_size, "channels_last": cl}
-        train = CifarLoader(
-            ds.train_x[tr_idx], ds.train_y[tr_idx], tc.batch_size, train=True, augment=dc.augment, **common
-        )
-        val = CifarLoader(ds.test_x[te_idx], ds.test_y[te_idx], max(tc.batch_size, 256), train=False, **common)
+        train = CifarLoader(ds.train_x[tr_idx], ds.train_y[tr_idx], batch, train=True, augment=dc.augment, **common)
+        val = CifarLoader(ds.test_x[te_idx], ds.test_y[te_idx], max(batch, 256), train=False, **common)
         meta = dict(meta, train_used=len(tr_idx), test_used=len(te_idx))
     elif meta.get("dataset") == "imagenet":
         train, val, meta = imagenet_loaders(
             data,
             dc,
-            tc.batch_size,
+            batch,
             seed=tc.seed,
             rank=rt.rank,
             world_size=rt.world_size,
@@ -97,6 +108,50 @@ def build_loaders(cfg: Config, data: str | Path, rt: Runtime) -> tuple[Any, Any,
     if n_cls and tc.num_classes < n_cls:
         raise DataError(f"{data}: {n_cls} classes but train.num_classes = {tc.num_classes}")
     return train, val, meta
+
+
+def check_optimizer(name: str) -> None:
+    """Raise ConfigError unless `name` is an optimizer timm's factory knows (with the closest names)."""
+    import difflib
+
+    from timm.optim import list_optimizers
+
+    known = sorted(set(list_optimizers()) | {"momentum", "sgd", "nesterov"})
+    if name.lower() not in known:
+        close = difflib.get_close_matches(name.lower(), known, n=3)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise ConfigError(f"train.opt: unknown optimizer '{name}' (expected a timm optimizer name{hint})")
+
+
+def per_process_batch(global_batch: int, world_size: int) -> int:
+    """Each process's share of the global `train.batch_size`.
+
+    Raises:
+        ConfigError: the global batch is not divisible by the number of processes.
+    """
+    if global_batch % world_size:
+        raise ConfigError(
+            f"train.batch_size {global_batch} (global) is not divisible by the {world_size} processes; "
+            f"use a multiple of {world_size}"
+        )
+    return global_batch // world_size
+
+
+def precision(tc: Any, device: torch.device) -> str:
+    """The arithmetic a run trains in: 'bf16'/'fp16' under autocast (train.amp on CUDA, train.cpu_amp on CPU), else
+    'fp32' (the release's precision for search, CIFAR and ImageNet training)."""
+    if tc.amp and device.type == "cuda":
+        return "bf16" if tc.amp_dtype == "bfloat16" else "fp16"
+    if tc.cpu_amp and device.type == "cpu":
+        return "bf16"
+    return "fp32"
+
+
+def batch_deviation(tc: Any) -> str:
+    """'' when the run's global batch is its recipe's, else a note saying how it differs."""
+    if tc.recipe and tc.recipe_batch_size and tc.recipe_batch_size != tc.batch_size:
+        return f"global batch {tc.batch_size}, recipe {tc.recipe} says {tc.recipe_batch_size}"
+    return ""
 
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
@@ -135,7 +190,6 @@ def _final_metrics(history: list[dict[str, Any]], extra: dict[str, Any]) -> dict
     out = {k: v for k, v in last.items() if not k.startswith(PERF_PREFIX)}
     if evals:
         out.update({k: evals[-1][k] for k in ("val/top1", "val/top5", "val/loss")})
-        out["best/val_top1"] = max(r["val/top1"] for r in evals)
         out[f"{PERF_PREFIX}val_img_s"] = evals[-1][f"{PERF_PREFIX}val_img_s"]
     out[f"{PERF_PREFIX}train_img_s"] = sum(r[f"{PERF_PREFIX}train_img_s"] for r in history) / len(history)
     out[f"{PERF_PREFIX}train_s"] = sum(r[f"{PERF_PREFIX}epoch_s"] for r in history)
@@ -158,7 +212,7 @@ def fit(
     experiment: str = "bnas",
     tags: dict[str, Any] | None = None,
     progress: bool = False,
-    extra_metrics: dict[str, float] | None = None,
+    extra_metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `model` for `cfg.train.epochs`, checkpointing every epoch; resume from `out/checkpoint.pt` if asked.
 
@@ -378,9 +432,13 @@ def run_train(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Set up the runtime (torchrun/DDP aware), build loaders and model, and :func:`fit` them."""
+    check_optimizer(cfg.train.opt)
     rt = setup_runtime(cfg.train.device)
     try:
         tc = cfg.train
+        deviation = batch_deviation(tc)
+        if deviation and rt.is_main:
+            log.warning("DIFFERENT RECIPE: %s (recorded as tag bnas.batch_deviation)", deviation)
         if tc.threads > 0:
             torch.set_num_threads(tc.threads)
         train_loader, val_loader, meta = build_loaders(cfg, data, rt)
@@ -415,6 +473,9 @@ def run_train(
             "bnas.device": str(rt.device),
             "bnas.world_size": rt.world_size,
             "bnas.cost_policy": tc.cost_policy,
+            "bnas.precision": precision(tc, rt.device),
+            "bnas.global_batch": tc.batch_size,
+            "bnas.batch_deviation": deviation or "none",
         }
         t0 = time.perf_counter()
         metrics = fit(
@@ -430,7 +491,7 @@ def run_train(
             run_name=f"{method}-s{tc.seed}-{stage}",
             experiment=f"{cfg.tracking.experiment_prefix}-{dataset}",
             tags=tags,
-            extra_metrics=costs,
+            extra_metrics={**costs, "precision": precision(tc, rt.device), "global_batch": tc.batch_size},
             progress=progress,
         )
         log.info("finished in %.1f s: val/top1 %.2f", time.perf_counter() - t0, metrics.get("val/top1", float("nan")))

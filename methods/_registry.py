@@ -1,11 +1,69 @@
-"""Registry of search procedures (models use timm's registry): `@register_searcher`, `create_searcher`."""
+"""Registry of search procedures (models use timm's registry): `@register_searcher`, `create_searcher`.
+
+Also the keyword-argument check every model registered by `methods/` runs first: `check_model_kwargs` raises
+`ModelKwargError` for a keyword the model does not take (a typo, or another family's option), instead of swallowing it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["register_searcher", "create_searcher", "list_searchers"]
+__all__ = [
+    "register_searcher",
+    "create_searcher",
+    "list_searchers",
+    "ModelKwargError",
+    "TIMM_ENTRYPOINT_KWARGS",
+    "TIMM_FEATURE_KWARGS",
+    "constructor_kwargs",
+    "check_model_kwargs",
+]
+
+# What `timm.create_model` itself passes to every entrypoint (pretrained_model_args: models sourced from the HF hub or
+# a local folder); `build_model_with_cfg` consumes them, so a model accepts them without listing them.
+TIMM_ENTRYPOINT_KWARGS = frozenset({"pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args"})
+# `build_model_with_cfg`'s feature-extraction wrapper: only for models with a `feature_info` (the ResNets).
+TIMM_FEATURE_KWARGS = frozenset({"features_only", "out_indices", "feature_cls"})
+
+
+class ModelKwargError(TypeError):
+    """A registered model was given a keyword argument it does not take.
+
+    Attributes:
+        model: the model name; key: the refused keyword; accepted: the keywords it takes (sorted, without timm's
+        plumbing); close: the accepted keywords closest to `key` (difflib).
+    """
+
+    def __init__(self, model: str, key: str, accepted: Iterable[str]) -> None:
+        self.model, self.key = model, key
+        self.accepted = tuple(sorted(accepted))
+        self.close = tuple(difflib.get_close_matches(key, self.accepted, n=3))
+        hint = f"; did you mean {', '.join(self.close)}?" if self.close else ""
+        super().__init__(f"model '{model}' does not take keyword '{key}'; it takes: {', '.join(self.accepted)}{hint}")
+
+
+def constructor_kwargs(cls: Callable[..., Any], exclude: Iterable[str] = ()) -> frozenset[str]:
+    """The named keyword parameters of `cls` (its `__init__` for a class), less `exclude` (those a factory sets)."""
+    params = inspect.signature(cls).parameters.values()
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return frozenset(named - set(exclude))
+
+
+def check_model_kwargs(model: str, kwargs: Mapping[str, Any], accepted: Iterable[str], features: bool = False) -> None:
+    """Refuse a keyword of `kwargs` that is neither in `accepted` nor timm's plumbing (`features`: its feature keys).
+
+    Raises:
+        ModelKwargError: names the model, the first unknown keyword and the accepted ones.
+    """
+    allowed = set(accepted)
+    plumbing = TIMM_ENTRYPOINT_KWARGS | (TIMM_FEATURE_KWARGS if features else frozenset())
+    for key in kwargs:
+        if key not in allowed and key not in plumbing:
+            raise ModelKwargError(model, key, allowed)
+
 
 _SEARCHERS: dict[str, Callable[..., Any]] = {}
 

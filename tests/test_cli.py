@@ -228,3 +228,118 @@ def test_profile_passes_model_kwargs(tmp_path):
     assert full["params_total"] == 5_578_252 and small["params_total"] < full["params_total"] / 3
     err = _bad(["profile", "bnas_a", "-k", "genotype=nope.json"], tmp_path)
     assert "nope.json" in err and "genotype" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# unknown model keywords and crafted CIFAR-10 batch files: one line, non-zero exit, nothing written
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_unknown_model_keyword_fails_before_training(cifar_cache, tmp_path):
+    run = tmp_path / "runs" / "bnas_a"
+    line = _bad(
+        [
+            "train",
+            "--params",
+            str(REPO / "pipelines" / "params.yaml"),
+            "--method",
+            "bnas_a",
+            "--data",
+            str(cifar_cache),
+            "--out",
+            str(run),
+            "-S",
+            "train.model_kwargs.skipp=false",
+            "-S",
+            "data.train_subset=64",
+            "-S",
+            "data.test_subset=64",
+            "-S",
+            "train.device=cpu",
+            "-S",
+            "tracking.enabled=false",
+        ],
+        tmp_path,
+    )
+    assert line.startswith("Error: model 'bnas_a' does not take keyword 'skipp' (train.model_kwargs); it takes: ")
+    assert "init_channels" in line and line.endswith("; did you mean skip?")
+    assert not run.exists() and not (tmp_path / "runs").exists()
+
+
+def test_prepare_refuses_a_crafted_cifar_batch_file(tmp_path):
+    import pickle
+
+    class Payload:  # unpickling it creates `marker`
+        def __reduce__(self):
+            return open, (str(marker), "w")
+
+    marker = tmp_path / "pwned"
+    src = tmp_path / "src" / "cifar-10-batches-py"
+    src.mkdir(parents=True)
+    (src / "data_batch_1").write_bytes(pickle.dumps({b"data": Payload(), b"labels": [0]}))
+    out = tmp_path / "cache"
+    line = _bad(["prepare", "cifar10", "--source", str(tmp_path / "src"), "--out", str(out)], tmp_path)
+    assert "data_batch_1: refused to unpickle global 'io.open'" in line
+    assert not marker.exists() and not out.exists()
+
+
+# Issue 14: strict inputs at the command line (one line, non-zero exit, no traceback, no partial output).
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = str(REPO / "pipelines" / "params.yaml")
+
+
+def test_an_unknown_method_lists_the_closest_names(cifar_cache, tmp_path):
+    out = tmp_path / "run"
+    args = ["--params", PARAMS, "--data", str(cifar_cache), "--out", str(out)]
+    line = _bad(["train", *args, "--method", "bireal_resnet18_cifra"], tmp_path)
+    assert "unknown method 'bireal_resnet18_cifra'" in line and "closest: bireal_resnet18_cifar" in line
+    line = _bad(["search", *args, "--method", "search_no_skp"], tmp_path)
+    assert "unknown method 'search_no_skp'" in line and "search_no_skip" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "setting,key",
+    [
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.batch_size=-4", "train.batch_size"),
+        ("train.lr=-1", "train.lr"),
+        ("train.opt=adamw2", "train.opt"),
+    ],
+)
+def test_out_of_range_values_are_config_errors(cifar_cache, tmp_path, setting, key):
+    out = tmp_path / "run"
+    args = ["train", "--params", PARAMS, "--data", str(cifar_cache), "--out", str(out), "--method", "bnas_a"]
+    line = _bad([*args, "-S", setting, "-S", "tracking.enabled=false"], tmp_path)
+    assert key in line
+    if key == "train.opt":
+        assert "unknown optimizer 'adamw2'" in line and "adamw" in line
+    assert not out.exists()
+
+
+def test_config_prints_every_value_with_its_layer():
+    res = CliRunner().invoke(cli, ["config", "--params", PARAMS, "--recipe", "shared", "-S", "train.seed=3"])
+    assert res.exit_code == 0, res.output
+    lines = {ln.split()[0]: ln for ln in res.output.splitlines()}
+    assert lines["train.lr"].split()[1] == "0.0005" and lines["train.lr"].endswith("# recipe shared")
+    assert lines["train.epochs"].endswith("# profile quick") and lines["train.seed"].endswith("# override")
+    assert lines["train.amp"].split()[1] == "false" and lines["train.amp"].endswith("# default")
+    res = CliRunner().invoke(cli, ["config", "--params", PARAMS, "--json"])  # a plain run: train.model's method
+    d = json.loads(res.output)
+    assert d["train.model_kwargs.layers"] == {"value": 5, "from": "method bnas_a, profile quick"}
+    assert d["train.lr"] == {"value": 0.01, "from": "method bnas_a, profile quick"}
+
+
+def test_tables_and_figures_take_the_profile_of_the_params_file(tmp_path):
+    res = CliRunner().invoke(
+        cli, ["tables", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "t"), "--params", PARAMS]
+    )
+    assert res.exit_code == 0, res.output
+    assert "NOT comparable" in (tmp_path / "t" / "cifar10.md").read_text()
+    paper = tmp_path / "paper.yaml"
+    paper.write_text("profile: paper\nprofiles: {paper: {}}\n")
+    res = CliRunner().invoke(
+        cli, ["tables", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "p"), "--params", str(paper)]
+    )
+    assert res.exit_code == 0 and "NOT comparable" not in (tmp_path / "p" / "cifar10.md").read_text()

@@ -125,13 +125,15 @@ def _micro_copy(dst: Path, cifar_cache: Path, imagenette: Path) -> None:
     params["profile"] = "micro"
     params["profiles"]["micro"] = {
         "data": {"train_subset": 200, "test_subset": 500},
-        "train": {"epochs": 1, "batch_size": 50, "eval_interval": 1, "threads": 2},
-        "search": {"epochs": 1, "train_subset": 64, "batch_size": 32, "layers": 3, "init_channels": 4, "threads": 2},
+        "train": {"epochs": 1, "batch_size": 50, "eval_interval": 1},
+        "search": {"epochs": 1, "train_subset": 64, "batch_size": 32, "layers": 3, "init_channels": 4},
     }
+    params["train"]["threads"] = params["search"]["threads"] = 2  # not a size: the groups, not the profile
     for entry in params["methods"].values():
         if "quick" in entry.get("profiles", {}):
             entry["profiles"]["micro"] = entry["profiles"]["quick"]
     params["pipeline"] = {
+        "retrain_cell": "best",
         "seeds": [0],
         "cifar_methods": ["bireal_resnet18_cifar"],
         "searches": [

@@ -14,16 +14,17 @@ a 2x2 average pool first in Bi-Real). `real_layers()` lists them; `bnas profile`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from timm.layers import SelectAdaptivePool2d
 from torch import nn
 
+from methods._registry import check_model_kwargs, constructor_kwargs
 from methods.binary import BinaryConv2d, LearnedScale
 
-__all__ = ["BinaryResNet", "BinaryBasicBlock", "BiRealBlock", "ConvFactory"]
+__all__ = ["BinaryResNet", "BinaryBasicBlock", "BiRealBlock", "ConvFactory", "check_resnet_kwargs"]
 
 # (in_channels, out_channels, stride, out_size) -> a 3x3 conv
 ConvFactory = Callable[[int, int, int, tuple[int, int]], nn.Module]
@@ -128,7 +129,6 @@ class BinaryResNet(nn.Module):
         widths: tuple[int, ...] = (64, 128, 256, 512),
         global_pool: str = "avg",
         drop_rate: float = 0.0,
-        **_: Any,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -205,6 +205,19 @@ class BinaryResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+# the BinaryResNet arguments a binary baseline takes (`block` and `conv` are set by its family)
+_RESNET_KWARGS = constructor_kwargs(BinaryResNet, exclude=("block", "conv"))
+
+
+def check_resnet_kwargs(variant: str, kwargs: dict[str, Any], family: Iterable[str]) -> None:
+    """Refuse a keyword that is neither a BinaryResNet argument, one of the family's (`family`) nor timm's plumbing.
+
+    Raises:
+        ModelKwargError: names the model and the keyword (a TypeError).
+    """
+    check_model_kwargs(variant, kwargs, _RESNET_KWARGS | set(family), features=True)
 
 
 def cfg(cifar: bool, **kwargs: Any) -> dict[str, Any]:

@@ -15,12 +15,23 @@ from typing import Any
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from methods.baselines._binary_resnet import BinaryBasicBlock, BinaryResNet, binary_conv_factory, cfg
+from methods.baselines._binary_resnet import (
+    BinaryBasicBlock,
+    BinaryResNet,
+    binary_conv_factory,
+    cfg,
+    check_resnet_kwargs,
+)
 
 __all__ = ["binarynet_resnet18", "binarynet_resnet18_cifar"]
 
 
+# the keywords of this family (beyond BinaryResNet's)
+_FAMILY_KWARGS = ("pad_value", "weight_binary")
+
+
 def _create_binarynet(variant: str, pretrained: bool = False, **kwargs: Any) -> BinaryResNet:
+    check_resnet_kwargs(variant, kwargs, _FAMILY_KWARGS)
     if pretrained:
         raise ValueError(f"{variant}: no pretrained weights")
     conv = binary_conv_factory(

@@ -17,13 +17,18 @@ from typing import Any
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from methods.baselines._binary_resnet import BinaryResNet, BiRealBlock, binary_conv_factory, cfg
+from methods.baselines._binary_resnet import BinaryResNet, BiRealBlock, binary_conv_factory, cfg, check_resnet_kwargs
 from methods.binary import MagnitudeAwareSign
 
 __all__ = ["bireal_resnet18", "bireal_resnet18_cifar", "bireal_resnet34", "bireal_resnet34_cifar"]
 
 
+# the keywords of this family (beyond BinaryResNet's)
+_FAMILY_KWARGS = ("weight_grad", "pad_value", "weight_binary")
+
+
 def _create_birealnet(variant: str, pretrained: bool = False, **kwargs: Any) -> BinaryResNet:
+    check_resnet_kwargs(variant, kwargs, _FAMILY_KWARGS)
     if pretrained:
         raise ValueError(f"{variant}: no pretrained weights")
     wq = partial(MagnitudeAwareSign, variant=kwargs.pop("weight_grad", "release"))

@@ -13,6 +13,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
+from methods._registry import check_model_kwargs, constructor_kwargs
+
 __all__ = ["resnet18_cifar"]
 
 CIFAR_MEAN = (0.49139968, 0.48215827, 0.44653124)
@@ -30,7 +32,12 @@ def _cifar_stem(model: ResNet, in_chans: int) -> ResNet:
     return model
 
 
+# timm's ResNet arguments (all of them: the entrypoint's `block`/`layers` are defaults a caller may override)
+_RESNET_KWARGS = constructor_kwargs(ResNet)
+
+
 def _create_resnet_cifar(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
+    check_model_kwargs(variant, kwargs, _RESNET_KWARGS, features=True)
     if pretrained:
         raise ValueError(f"{variant}: no pretrained weights")
     in_chans = kwargs.get("in_chans", 3)

@@ -23,13 +23,24 @@ from typing import Any
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from methods.baselines._binary_resnet import BinaryBasicBlock, BinaryResNet, binary_conv_factory, cfg
+from methods.baselines._binary_resnet import (
+    BinaryBasicBlock,
+    BinaryResNet,
+    binary_conv_factory,
+    cfg,
+    check_resnet_kwargs,
+)
 from methods.binary import XnorWeight
 
 __all__ = ["xnornet_resnet18", "xnornet_resnet18_cifar"]
 
 
+# the keywords of this family (beyond BinaryResNet's)
+_FAMILY_KWARGS = ("xnor_center", "xnor_clamp", "xnor_grad", "pad_value", "weight_binary")
+
+
 def _create_xnornet(variant: str, pretrained: bool = False, **kwargs: Any) -> BinaryResNet:
+    check_resnet_kwargs(variant, kwargs, _FAMILY_KWARGS)
     if pretrained:
         raise ValueError(f"{variant}: no pretrained weights")
     wq = partial(

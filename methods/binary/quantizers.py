@@ -7,7 +7,7 @@ formula, its gradient estimator and its paper. Weight quantizers take a conv wei
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
@@ -19,6 +19,8 @@ __all__ = [
     "SteSign",
     "ApproxSign",
     "XnorWeight",
+    "xnor_rescaled_weights",
+    "schedule_xnor_prep",
     "MagnitudeAwareSign",
     "register_quantizer",
     "get_quantizer",
@@ -178,20 +180,35 @@ class ApproxSign(nn.Module):
 GradMode = Literal["ste", "exact", "xnor_rescale"]
 
 
+def _xnor_alpha(w: torch.Tensor, pow2: bool) -> torch.Tensor:
+    """XNOR-Net's per-output-filter scale mean |W| over (C_in, kh, kw), shape (C_out, 1, 1, 1); optionally rounded to
+    a power of two (`XnorWeight.pow2_scale`)."""
+    alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+    if pow2:
+        alpha = torch.exp2(torch.round(torch.log2(alpha)))
+    return alpha
+
+
+def _xnor_rescale_factor(w: torch.Tensor) -> float:
+    """XNOR-Net-PyTorch's gradient multiplier n * (1 - 1/C_in), n = C_in*kh*kw (`updateBinaryGradWeight`)."""
+    return w[0].numel() * (1.0 - 1.0 / w.shape[1])
+
+
 class _XnorWeightFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w: torch.Tensor, mode: str, pow2: bool, rows: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
-        alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
-        if pow2:
-            alpha = torch.exp2(torch.round(torch.log2(alpha)))
+    def forward(ctx, w: torch.Tensor, mode: str, pow2: bool, rows: torch.Tensor | None, owner: XnorWeight | None):  # type: ignore[override]
+        alpha = _xnor_alpha(w, pow2)
         s = binary_sign(w)
         ctx.save_for_backward(w, s, alpha, rows)
         ctx.mode = mode
+        ctx.owner = owner
         wb = alpha * s
         return wb if rows is None else torch.where(rows.view(-1, 1, 1, 1), wb, w)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None]:  # type: ignore[override]
+        if ctx.owner is not None:
+            ctx.owner._grad_seen = True  # a gradient reached the latent weights: the next forward preps them again
         w, s, alpha, rows = ctx.saved_tensors
         if ctx.mode == "ste":
             grad = g * (w.abs() <= 1.0).to(g.dtype)
@@ -199,12 +216,10 @@ class _XnorWeightFn(torch.autograd.Function):
             # d(alpha * sign(W))/dW with an identity STE on sign: alpha*g + sign(W) * mean_filter(sign(W) * g)
             grad = alpha * g + s * (s * g).mean(dim=(1, 2, 3), keepdim=True)
             if ctx.mode == "xnor_rescale":
-                c_in = w.shape[1]
-                n = w[0].numel()
-                grad = grad * (n * (1.0 - 1.0 / c_in))
+                grad = grad * _xnor_rescale_factor(w)
         if rows is not None:
             grad = torch.where(rows.view(-1, 1, 1, 1), grad, g)
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 @register_quantizer("xnor_weight")
@@ -212,8 +227,24 @@ class XnorWeight(nn.Module):
     """XNOR-Net weight binarisation: W_b = alpha * sign(W), alpha = mean |W| over each output filter (C_in*k*k).
 
     Before binarising, the latent weights may be mean-centred over the input-channel dimension and clamped to
-    [-1, 1] **in place** (permanently), as XNOR-Net-PyTorch and the BNAS release do before every forward pass
-    (bnas.md §1.2).
+    [-1, 1] **in place** (permanently; the "prep"), as XNOR-Net-PyTorch's and the BNAS release's `binarization()` do
+    (bnas.md §1.2). The release preps once per training iteration (before its first forward: in the search before
+    both the architecture and the weight step) and once per evaluation pass (before the first batch). Centring after
+    clamping is not idempotent (where the clamp fired, a second pass moves the weights again and may flip signs), so
+    this module preps at a forward only when one of these happened since its last prep:
+      - a gradient reached the latent weights through this quantizer (a backward pass: the weights are about to be,
+        or were, updated; an arch-only `torch.autograd.grad` does not count),
+      - the latent tensor changed in place or was replaced: its `_version` or `data_ptr()` differs from right after
+        the last prep (an optimizer step, `load_state_dict`, `.to()`; torch's fused SGD/Adam steps do not bump
+        `_version`, which the backward rule covers; writes through `.data` are not seen),
+      - the train/eval mode changed (the release's evaluation pass starts with a prep, and so does the next
+        training iteration),
+      - :meth:`schedule_prep` was called (the training engine calls it before every iteration and evaluation pass,
+        the BNAS searcher before every iteration), or it has never prepped.
+    So two forwards without a weight change (the search's arch and weight steps, an evaluation pass's batches, the
+    recomputation of activation checkpointing) prep once. The decision is made in Python at the forward: inside a
+    captured CUDA graph it is baked in at capture, which for the BNAS search iteration is the release's pattern
+    (prep in the first forward only). Under torch.compile (no Python decision at run time) it preps at every forward.
 
     Gradient (`grad`):
       - "ste": dL/dW = dL/dW_b * 1[|W| <= 1] (scale treated as a constant).
@@ -221,6 +252,9 @@ class XnorWeight(nn.Module):
         alpha * g + sign(W) * mean_filter(sign(W) * g).
       - "xnor_rescale": "exact" times n*(1 - 1/C_in), n = C_in*k*k: XNOR-Net-PyTorch's `updateBinaryGradWeight`,
         used by BNAS (bnas.md §1.2). It is a large per-layer gradient multiplier (1296 for a 144-channel 3x3 conv).
+        The release applies it after its gradient-norm clip (ImageNet), to the gradient w.r.t. W_b;
+        :meth:`raw_grad` recovers that gradient from the rescaled one for a release-order clip
+        (`harness.engine.clip_grad_norm_release_order`).
 
     Two attributes exist for grouped weights and for tests:
       - `binary_rows`: an optional bool tensor over output filters; filters where it is False stay full precision
@@ -241,17 +275,30 @@ class XnorWeight(nn.Module):
         self.center, self.clamp, self.grad = center, clamp, grad
         self.pow2_scale = False
         self.binary_rows: torch.Tensor | None = None
+        self._prep_stamp: tuple[int, int, bool] | None = None  # (data_ptr, _version, training) after the last prep
+        self._grad_seen = False  # a backward pass reached the latent weights since the last prep
 
     @property
     def scaled_signs(self) -> bool:
         """Every output filter is +-alpha (no full-precision `binary_rows`)."""
         return self.binary_rows is None
 
+    def schedule_prep(self) -> None:
+        """Make the next forward centre and clamp the latent weights (a new iteration or evaluation pass)."""
+        self._prep_stamp = None
+
+    def prep_due(self, w: torch.Tensor) -> bool:
+        """Whether a forward on the latent weights `w` would centre and clamp them now (see the class docstring)."""
+        return (self.center or self.clamp) and (
+            self._grad_seen or self._prep_stamp != (w.data_ptr(), w._version, self.training)
+        )
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         rows = self.binary_rows
         if rows is not None and rows.device != w.device:
             rows = self.binary_rows = rows.to(w.device)
-        if self.center or self.clamp:
+        compiling = torch.compiler.is_compiling()
+        if (self.center or self.clamp) and (compiling or self.prep_due(w)):
             with torch.no_grad():
                 # in place on the binarised filters (all, or the `binary_rows` ones): no copy in the common case
                 v = w if rows is None else w[rows]
@@ -261,10 +308,59 @@ class XnorWeight(nn.Module):
                     v.clamp_(-1.0, 1.0)
                 if rows is not None:
                     w[rows] = v
-        return _XnorWeightFn.apply(w, self.grad, self.pow2_scale, rows)
+            if not compiling:
+                self._prep_stamp = (w.data_ptr(), w._version, self.training)
+                self._grad_seen = False
+        return _XnorWeightFn.apply(w, self.grad, self.pow2_scale, rows, None if compiling else self)
+
+    @torch.no_grad()
+    def raw_grad(self, w: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """For `grad="xnor_rescale"`: the gradient w.r.t. the binarised weight W_b = alpha*sign(W) (what the release's
+        gradient clip sees) from `grad`, the gradient this quantizer's backward gave the latent weights `w` (as they
+        were at the forward). Other modes: `grad` unchanged.
+
+        Per filter the rescale is G = c * (alpha*g + s * mean(s*g)), s = sign(W), c = n*(1 - 1/C_in): the linear map
+        c*(alpha*I + s s^T/n), inverted exactly (Sherman-Morrison): g = (G - s * mean(s*G) / (alpha + 1)) / (c*alpha).
+        A filter with alpha = 0 (all-zero latent weights) takes the minimum-norm g = G / c. Being linear, the inverse
+        applies to a gradient averaged over DDP ranks and to an unscaled fp16 gradient alike. It assumes the latent
+        weights get their gradient only through this quantizer (as a BinaryConv2d's do).
+        """
+        if self.grad != "xnor_rescale" or grad is None:
+            return grad
+        c = _xnor_rescale_factor(w)
+        if c == 0.0:  # C_in = 1: the rescale zeroes the gradient, there is nothing to recover
+            return grad
+        alpha = _xnor_alpha(w, self.pow2_scale).to(grad.dtype)
+        s = binary_sign(w).to(grad.dtype)
+        m = (s * grad).mean(dim=(1, 2, 3), keepdim=True)
+        pos = alpha > 0
+        raw = torch.where(pos, (grad - s * (m / (alpha + 1.0))) / (c * torch.where(pos, alpha, 1.0)), grad / c)
+        rows = self.binary_rows
+        if rows is not None:
+            raw = torch.where(rows.to(grad.device).view(-1, 1, 1, 1), raw, grad)
+        return raw
 
     def extra_repr(self) -> str:
         return f"center={self.center}, clamp={self.clamp}, grad={self.grad}"
+
+
+def xnor_rescaled_weights(model: nn.Module) -> list[tuple[torch.Tensor, XnorWeight]]:
+    """(latent weight, quantizer) for every module of `model` whose `weight_quantizer` is an :class:`XnorWeight` with
+    `grad="xnor_rescale"` (a BinaryConv2d's): the parameters whose `.grad` is the rescaled gradient, not dL/dW_b."""
+    out = []
+    for m in model.modules():
+        q = getattr(m, "weight_quantizer", None)
+        w = getattr(m, "weight", None)
+        if isinstance(q, XnorWeight) and q.grad == "xnor_rescale" and isinstance(w, torch.Tensor):
+            out.append((w, q))
+    return out
+
+
+def schedule_xnor_prep(target: nn.Module | Iterable[XnorWeight]) -> None:
+    """:meth:`XnorWeight.schedule_prep` on every XnorWeight of a model (or of a list collected once, for loops)."""
+    qs = (m for m in target.modules() if isinstance(m, XnorWeight)) if isinstance(target, nn.Module) else target
+    for q in qs:
+        q.schedule_prep()
 
 
 class _MagnitudeAwareFn(torch.autograd.Function):

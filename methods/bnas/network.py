@@ -26,6 +26,7 @@ from timm.layers import SelectAdaptivePool2d, drop_path
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from methods._registry import check_model_kwargs, constructor_kwargs
 from methods.binary import BinaryConv2d
 from methods.binary.int8_conv import is_channels_last
 from methods.bnas.genotypes import Genotype, genotype_from_json, get_genotype
@@ -144,7 +145,6 @@ class BnasNetwork(nn.Module):
         drop_rate: float = 0.0,
         binary_res_weights: bool = False,
         official_fp_tail: bool = False,
-        **_: Any,
     ) -> None:
         super().__init__()
         g = _resolve_genotype(genotype)
@@ -235,7 +235,12 @@ class BnasNetwork(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+# every keyword a BNAS model takes: BnasNetwork's arguments (no feature extraction: it has no `feature_info`)
+_BNAS_KWARGS = constructor_kwargs(BnasNetwork)
+
+
 def _create_bnas(variant: str, pretrained: bool = False, **kwargs: Any) -> BnasNetwork:
+    check_model_kwargs(variant, kwargs, _BNAS_KWARGS)
     if pretrained:
         raise ValueError(f"{variant}: no pretrained weights are published by this project")
     return build_model_with_cfg(BnasNetwork, variant, pretrained=False, **kwargs)

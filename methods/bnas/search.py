@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from methods._registry import register_searcher
+from methods.binary.quantizers import XnorWeight, schedule_xnor_prep
 from methods.bnas.genotypes import Genotype
 
 __all__ = ["mean_entropy", "diversity_weight", "derive_genotype", "BnasSearcher", "bnas"]
@@ -96,10 +97,13 @@ class BnasSearcher:
     Per iteration: (1) an architecture step on a validation batch: Adam on the alphas with
     CE - lambda * H * exp(-epoch / tau), gradients taken w.r.t. the alphas only; (2) a weight step on a training batch:
     SGD (momentum, weight decay, no clipping) on the weights with plain CE, gradients w.r.t. the weights only. XNOR
-    binarisation and its gradient rescale happen inside the binary convs' weight quantizers: the latent weights are
-    centred and clamped in place before each of the two forward passes, where the release does it once per iteration.
-    The arch step does not change the weights, so the second centring only removes the float rounding residue of the
-    first (a change of the order of 1e-9); the binary weights and gradients are the release's.
+    binarisation and its gradient rescale happen inside the binary convs' weight quantizers. As in the release, the
+    latent weights are centred and clamped in place once per iteration, at the first (architecture) forward pass: the
+    iteration starts by scheduling it, and the weight step's forward leaves them as they are, since the arch step does
+    not change them (:class:`methods.binary.quantizers.XnorWeight`). Centring again there would not be a no-op: where
+    the clamp fired, the clamped filters' means are no longer 0, so a second centring moves them and can flip signs.
+    Evaluation passes between iterations centre and clamp once, at their first batch (the mode change and the weight
+    step's update make the quantizers due).
 
     Distributed (torch.distributed initialised, world size > 1): every rank gets its shard of the global weight and
     architecture batches; after each step's gradient the gradients (of the alphas in the architecture step, of the
@@ -118,7 +122,9 @@ class BnasSearcher:
     states); the graph is captured again at every `new_epoch` (the learning rate and the regulariser weight are
     constants in it) and batches of another shape (an epoch's last, smaller batch) run eagerly on the same parameters
     and optimiser states. Replays run the same kernels on the same data as the eager step: with deterministic
-    algorithms the result is bit for bit the eager one (measured on an H100).
+    algorithms the result is bit for bit the eager one (measured on an H100). The quantizers' decision to centre and
+    clamp is taken in Python, so the capture bakes it in: in the first forward of the iteration, not in the second,
+    which is the eager pattern.
 
     Interface: `new_epoch(epoch)`, `step(train_batch, val_batch)` (or `step_metrics`, which does not wait for the
     device), `genotype()`, `state_dict()`/`load_state_dict()`.
@@ -158,6 +164,7 @@ class BnasSearcher:
         self.epochs, self.lam, self.tau = epochs, lam, tau
         self.official_entropy_bug = official_entropy_bug
         self.official_lr_offset = official_lr_offset
+        self._xnor = [m for m in supernet.modules() if isinstance(m, XnorWeight)]
         self.w_params = supernet.weight_parameters()
         self.a_params = supernet.arch_parameters()
         self.w_opt = torch.optim.SGD(self.w_params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -245,6 +252,7 @@ class BnasSearcher:
         self, train_batch: tuple[torch.Tensor, torch.Tensor], val_batch: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
         self.net.train()
+        schedule_xnor_prep(self._xnor)  # centre + clamp once per iteration: in the arch forward, not the weight one
         xv, yv = val_batch
         obj, ce_v, lv = self.arch_loss(xv, yv)
         grads = _average_over_ranks(torch.autograd.grad(obj, self.a_params))

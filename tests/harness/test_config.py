@@ -4,7 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Config, TrainConfig, config_from_dict, flatten, load_config, parse_override, save_config
+from harness.config import (
+    Config,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    flatten,
+    load_config,
+    parse_override,
+    save_config,
+)
 from harness.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,6 +154,7 @@ def test_bnas_paper_recipes_carry_the_release_hyperparameters():
         5.0,
     )
     assert (i.data.color_jitter, i.data.color_jitter_hue) == (0.4, 0.2)
+    assert t.batch_size == t.recipe_batch_size == 1024  # global: the release README's 4 GPUs x 256
 
 
 def test_profiles_and_methods_resolve_in_order(tmp_path):
@@ -169,7 +179,8 @@ def test_profiles_and_methods_resolve_in_order(tmp_path):
     assert (paper.train.epochs, paper.train.model_kwargs, paper.train.seed) == (300, {"skip": False}, 3)
     s = load_config(p, method="s", recipe="")
     assert s.search.no_skip and s.search.epochs == 2
-    assert load_config(p, method="not_listed", recipe="").train.epochs == 1  # a label only
+    with pytest.raises(ConfigError, match="unknown method 'mm'.*closest: m"):
+        load_config(p, method="mm", recipe="")
     assert load_config(p).pipeline == {"seeds": [0, 1]}
     with pytest.raises(ConfigError, match="profile: unknown profile 'gpu'"):
         load_config(p, {"profile": "gpu"})
@@ -182,3 +193,75 @@ def test_profiles_and_methods_resolve_in_order(tmp_path):
     p.write_text("methods: {m: {trian: {lr: 1}}}\n")
     with pytest.raises(ConfigError, match="methods.m: unknown key 'trian'"):
         load_config(p)
+
+
+def test_a_profile_changes_only_sizes(tmp_path):
+    """Issue 14: a profile that sets an optimiser value is an error naming the key (sizes only)."""
+    p = tmp_path / "params.yaml"
+    p.write_text("profile: quick\nprofiles:\n  quick: {train: {epochs: 2, lr: 0.01}}\n")
+    with pytest.raises(ConfigError, match=r"profiles\.quick\.train\.lr: a profile changes only sizes"):
+        load_config(p)
+    p.write_text("profile: quick\nprofiles:\n  quick: {train: {model_kwargs: {skip: false}}}\n")
+    with pytest.raises(ConfigError, match=r"profiles\.quick\.train\.model_kwargs\.skip"):
+        load_config(p)
+
+
+def test_the_quick_profile_keeps_the_recipe_asked_for():
+    """Issue 14: `--recipe shared` under the quick profile trains with the recipe's lr, not a profile's."""
+    params = REPO / "pipelines" / "params.yaml"
+    shared = load_config(params, recipe="shared").train
+    assert (shared.lr, shared.opt, shared.sched, shared.epochs) == (0.0005, "adam", "linear", 2)
+    # a method that lowers its lr at small scale says so in its own entry
+    assert load_config(params, method="bnas_a").train.lr == 0.01
+    assert load_config(params, {"profile": "paper"}, method="bnas_a").train.lr == 0.05
+
+
+@pytest.mark.parametrize(
+    "key,value,want",
+    [
+        ("train.batch_size", 0, "> 0"),
+        ("train.batch_size", -4, "> 0"),
+        ("train.lr", -1, "> 0"),
+        ("train.epochs", 0, "> 0"),
+        ("train.momentum", 1.5, "in [0, 1)"),
+        ("train.drop_path", 1.0, "in [0, 1)"),
+        ("search.layers", 2, ">= 3"),
+        ("search.batch_size", 0, "> 0"),
+        ("data.search_train_fraction", 1.0, "in (0, 1)"),
+    ],
+)
+def test_out_of_range_values_name_the_key(key, value, want):
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "pipelines" / "params.yaml", {key: value}, method="bnas_a")
+    msg = str(e.value)
+    assert key in msg and want in msg and repr(value) in msg and "\n" not in msg
+
+
+def test_explain_config_names_the_layer_of_every_value():
+    from harness.config import explain_config
+
+    cfg, origin = explain_config(REPO / "pipelines" / "params.yaml", {"train.seed": 4}, method="bnas_a")
+    assert cfg.train.seed == 4 and origin["train.seed"] == "override"
+    assert origin["train.opt"] == "recipe bnas_cifar_paper" and origin["train.drop_path"] == "recipe bnas_cifar_paper"
+    assert origin["train.epochs"] == "profile quick" and origin["data.train_subset"] == "profile quick"
+    assert origin["train.lr"] == "method bnas_a, profile quick"
+    assert origin["train.model"] == "method bnas_a"
+    assert origin["train.amp"] == "default" and origin["data.split_seed"] == "params"
+    assert set(origin) == set(flatten(config_to_dict(cfg)))
+
+
+def test_an_explicit_recipe_keeps_its_values_over_a_method_entry(tmp_path):
+    """Issue 14: `--recipe b --method m` trains recipe b's values; m keeps what b does not set (model, sizes)."""
+    p = tmp_path / "params.yaml"
+    p.write_text(
+        "profile: quick\n"
+        "recipes: {a: {lr: 0.05}, b: {lr: 0.001, opt: adam, model_kwargs: {weight_binary: false}}}\n"
+        "profiles: {quick: {train: {epochs: 2}}}\n"
+        "methods: {m: {recipe: a, train: {model: bnas_a, model_kwargs: {weight_binary: true}},\n"
+        "   profiles: {quick: {train: {lr: 0.01, model_kwargs: {layers: 5}}}}}}\n"
+    )
+    own = load_config(p, method="m").train
+    assert (own.lr, own.opt, own.model_kwargs) == (0.01, "momentum", {"weight_binary": True, "layers": 5})
+    other = load_config(p, recipe="b", method="m").train
+    assert (other.lr, other.opt, other.recipe, other.model, other.epochs) == (0.001, "adam", "b", "bnas_a", 2)
+    assert other.model_kwargs == {"weight_binary": False, "layers": 5}

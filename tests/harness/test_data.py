@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import pickle
+import pickletools
 import shutil
+import struct
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +229,134 @@ def test_a_trailing_single_sample_batch_is_dropped_in_training(cifar_cache):
     assert len(loader) == 2 and [len(b[1]) for b in loader] == [64, 64]
     ev = CifarLoader(ds.train_x[:129], ds.train_y[:129], 64, train=False)
     assert len(ev) == 3 and sum(len(b[1]) for b in ev) == 129
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CIFAR-10 python batches are read with a restricted unpickler: no code runs from a data file
+
+
+class _Py2Pickler(pickle._Pickler):  # the pure-Python pickler, whose opcodes can be chosen
+    """Writes a batch as the official CIFAR-10 files are (Python 2 cPickle, protocol 2): every string a py2 `str`
+    (SHORT_BINSTRING / BINSTRING, read back as bytes) and numpy's globals under numpy 1.x's `numpy.core`."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj):
+        b = obj.encode("latin1") if isinstance(obj, str) else obj
+        if len(b) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(b)]) + b)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(b)) + b)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+    dispatch[str] = save_py2_str
+
+    def save_global(self, obj, name=None):
+        name = name or obj.__qualname__
+        module = pickle.whichmodule(obj, name).replace("numpy._core", "numpy.core")
+        self.write(pickle.GLOBAL + f"{module}\n{name}\n".encode())
+        self.memoize(obj)
+
+
+def _py2_dumps(obj: object) -> bytes:
+    """`obj` pickled as Python 2's cPickle wrote the official files (protocol 2, py2 strings)."""
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue()
+
+
+def _official_batch(x: np.ndarray, labels: list[int], label: str, names: list[str]) -> bytes:
+    """An official-format CIFAR-10 batch of NHWC uint8 images `x` (rows: 1024 R, 1024 G, 1024 B values)."""
+    d = {
+        b"batch_label": label.encode(),
+        b"labels": labels,
+        b"data": np.ascontiguousarray(x.transpose(0, 3, 1, 2).reshape(len(x), 3072)),
+        b"filenames": [n.encode() for n in names],
+    }
+    return _py2_dumps(d)
+
+
+def _official_batches(folder: Path, data_root: Path) -> dict[str, np.ndarray]:
+    """A `cifar-10-batches-py` folder in the official format holding real CIFAR-10 images (one per class per file)."""
+    folder.mkdir(parents=True)
+    written = {}
+    for i, name in enumerate(
+        ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+    ):
+        split = "test" if name == "test_batch" else "train"
+        files = [sorted((data_root / "cifar10" / split / c).iterdir())[i] for c in CIFAR10_CLASSES]
+        x = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
+        (folder / name).write_bytes(_official_batch(x, list(range(10)), f"{split} batch {i}", [p.name for p in files]))
+        written[name] = x
+    meta = {b"num_cases_per_batch": 10, b"label_names": [c.encode() for c in CIFAR10_CLASSES], b"num_vis": 3072}
+    (folder / "batches.meta").write_bytes(_py2_dumps(meta))
+    return written
+
+
+def test_official_format_batches_load_with_the_restricted_unpickler(data_root, tmp_path):
+    written = _official_batches(tmp_path / "src" / "cifar-10-batches-py", data_root)
+    blob = (tmp_path / "src" / "cifar-10-batches-py" / "data_batch_1").read_bytes()
+    ops = [(op.name, arg) for op, arg, _ in pickletools.genops(blob)]
+    # what the official files reference: three numpy globals, py2 strings only
+    assert {arg for name, arg in ops if name == "GLOBAL"} == {
+        "numpy.core.multiarray _reconstruct",
+        "numpy ndarray",
+        "numpy dtype",
+    }
+    assert not any("UNICODE" in name for name, _ in ops)
+    meta = prepare_cifar10(
+        tmp_path / "src", tmp_path / "out", split_seed=0, search_train_fraction=0.5, download_root=tmp_path / "dl"
+    )
+    assert meta["source_kind"] == "batches" and meta["num_train"] == 50 and meta["num_test"] == 10
+    got = load_cifar10(tmp_path / "out")
+    assert np.array_equal(got.train_x[:10].permute(0, 2, 3, 1).numpy(), written["data_batch_1"])
+    assert np.array_equal(got.test_x.permute(0, 2, 3, 1).numpy(), written["test_batch"])
+    assert got.train_y[:10].tolist() == list(range(10))
+
+
+class _Payload:
+    """Unpickling this calls `fn(*args)`: how a crafted pickle runs code."""
+
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _payloads(marker: Path) -> dict[str, tuple[object, Callable[[object], bytes]]]:
+    """Pickle payloads that each create `marker` when executed, with the writer that pickles them."""
+    return {
+        "open": (_Payload(open, (str(marker), "w")), pickle.dumps),
+        "os.system": (_Payload(os.system, (f"touch '{marker}'",)), _py2_dumps),  # the official files' format
+        "exec": (_Payload(exec, (f"open({str(marker)!r}, 'w').close()",)), partial(pickle.dumps, protocol=4)),
+    }
+
+
+def _malicious_batches(src: Path, data_root: Path, payload: object, dumps: Callable[[object], bytes]) -> Path:
+    """Official-format batches whose data_batch_1 carries `payload` in place of its image array."""
+    _official_batches(src / "cifar-10-batches-py", data_root)
+    evil = {b"batch_label": b"training batch 1 of 5", b"labels": [0], b"data": payload}
+    (src / "cifar-10-batches-py" / "data_batch_1").write_bytes(dumps(evil))
+    return src
+
+
+@pytest.mark.parametrize("kind", ["open", "os.system", "exec"])
+def test_a_crafted_batch_file_runs_no_code(kind, data_root, tmp_path):
+    # the payload is real: a plain pickle.load runs it
+    probe = tmp_path / "probe"
+    payload, dumps = _payloads(probe)[kind]
+    pickle.loads(dumps(payload))
+    assert probe.exists()
+
+    marker = tmp_path / "pwned"
+    payload, dumps = _payloads(marker)[kind]
+    src = _malicious_batches(tmp_path / "src", data_root, payload, dumps)
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"data_batch_1: refused to unpickle global '[\w.]+'") as e:
+        prepare_cifar10(src, out, split_seed=0, search_train_fraction=0.5, download_root=tmp_path / "dl")
+    assert {"open": "'io.open'", "os.system": "'posix.system'", "exec": "'builtins.exec'"}[kind] in str(e.value)
+    assert "\n" not in str(e.value)
+    assert not marker.exists()
+    assert not out.exists() and not (tmp_path / "dl").exists()  # nothing written, not even an empty folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -18,9 +19,17 @@ from torch import nn
 from harness.config import TrainConfig
 from harness.data import CifarLoader, load_cifar10
 from harness.distributed import Runtime
-from harness.engine import Hook, build_optimizer, build_scheduler, train_one_epoch
+from harness.engine import (
+    Hook,
+    build_optimizer,
+    build_scheduler,
+    clip_grad_norm_release_order,
+    train_one_epoch,
+    validate,
+)
 from harness.errors import CheckpointError, NonFiniteLossError
 from harness.training import run_train
+from methods.binary import BinaryConv2d, XnorWeight, binary_sign
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -256,3 +265,178 @@ def test_cpu_amp_autocasts_to_bf16_on_cpu_only_when_asked():
         assert lin(x).dtype == torch.float32  # default: CPU runs stay float32
     with autocast(TrainConfig(cpu_amp=True), torch.device("cpu")):
         assert lin(x).dtype == torch.bfloat16
+
+
+# --- the gradient clip in the release's order (bnas.md §1.2: clip dL/dW_b, then restore W and rescale) ---
+
+
+class _XnorNet(nn.Module):
+    """A real stem, BN, two XNOR "xnor_rescale" convs (the second with two full-precision filters, `binary_rows`)
+    and a real classifier, in float64."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def xconv(c_in: int, c_out: int) -> nn.Module:
+            q = XnorWeight(center=True, clamp=True, grad="xnor_rescale")
+            return BinaryConv2d(c_in, c_out, 3, 1, 1, input_quantizer="ste_sign", weight_quantizer=q)
+
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv1, self.conv2 = xconv(8, 8), xconv(8, 6)
+        self.conv2.weight_quantizer.binary_rows = torch.tensor([True, True, False, True, False, True])
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.bn(self.stem(x))
+        h = self.conv2(self.conv1(h, relu=True))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+def _xnor_setup():
+    torch.manual_seed(0)
+    net = _XnorNet().double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 10, (4,), generator=g)
+    return net, x, y
+
+
+def _release_reference(net: nn.Module, x: torch.Tensor, y: torch.Tensor, max_norm: float | None):
+    """The release's step by hand, on a copy of `net` after its forward (latent weights centred and clamped): W_b =
+    alpha*sign(W) written into the weights (plain autograd, no rescale), backward, torch's clip on those raw
+    gradients, then the rescale n(1 - 1/C_in)[alpha*g + sign(W)*mean(sign(W)*g)] on the binarised filters.
+    Returns (raw total norm, {name: final gradient})."""
+    ref = copy.deepcopy(net)
+    latent = {}
+    with torch.no_grad():
+        for name in ("conv1", "conv2"):
+            conv = getattr(ref, name)
+            rows = conv.weight_quantizer.binary_rows
+            w = conv.weight.detach().clone()
+            latent[name] = (w, rows)
+            wb = w.abs().mean(dim=(1, 2, 3), keepdim=True) * binary_sign(w)
+            if rows is not None:
+                wb = torch.where(rows.view(-1, 1, 1, 1), wb, w)
+            conv.weight.copy_(wb)
+            conv.weight_quantizer = None
+    nn.functional.cross_entropy(ref(x), y).backward()
+    params = dict(ref.named_parameters())
+    total = nn.utils.get_total_norm([p.grad for p in params.values()])
+    if max_norm is not None:
+        total = nn.utils.clip_grad_norm_(list(params.values()), max_norm)
+    final = {n: p.grad.clone() for n, p in params.items()}
+    for name, (w, rows) in latent.items():
+        g = final[f"{name}.weight"]
+        s = binary_sign(w)
+        alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+        n, c_in = w[0].numel(), w.shape[1]
+        rescaled = n * (1 - 1 / c_in) * (alpha * g + s * (s * g).mean(dim=(1, 2, 3), keepdim=True))
+        final[f"{name}.weight"] = rescaled if rows is None else torch.where(rows.view(-1, 1, 1, 1), rescaled, g)
+    return total, final
+
+
+def test_clip_sees_the_raw_binary_weight_gradients_as_the_release():
+    net, x, y = _xnor_setup()
+    with torch.no_grad():  # large latent weights: the in-place clamp fires
+        net.conv1.weight.mul_(20.0)
+    nn.functional.cross_entropy(net(x), y).backward()
+    assert float(net.conv1.weight.detach().abs().max()) == 1.0
+    raw_norm, _ = _release_reference(net, x, y, None)
+    max_norm = float(raw_norm) / 3  # the clip fires in the release order
+    ref_norm, ref_final = _release_reference(net, x, y, max_norm)
+    rescaled = {n: p.grad.clone() for n, p in net.named_parameters()}
+    # (a) the norm the clip uses is the norm of the raw gradients (dL/dW_b for binary weights)
+    seen = clip_grad_norm_release_order(net, net.parameters(), max_norm)
+    torch.testing.assert_close(seen, ref_norm, rtol=1e-12, atol=0)
+    # (b) clip-then-rescale: the release's final gradients, every parameter scaled by the same factor
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(p.grad, ref_final[n], rtol=1e-10, atol=1e-14, msg=n)
+    # (c) a plain clip of the rescaled gradients (the old order) sees a much larger norm and shrinks far more
+    old = {n: torch.zeros_like(g, requires_grad=True) for n, g in rescaled.items()}
+    for n, t in old.items():
+        t.grad = rescaled[n].clone()
+    old_norm = nn.utils.clip_grad_norm_(list(old.values()), max_norm)
+    assert float(old_norm) > 2 * float(seen)  # (3.4x here; 17-23x on a small BNAS-D)
+    for n in ("fc.weight", "stem.weight", "conv1.weight"):
+        assert not torch.allclose(old[n].grad, ref_final[n], rtol=1e-3), n
+
+
+def test_release_order_clip_is_torch_clip_without_xnor_rescaled_weights():
+    torch.manual_seed(0)
+    # an "exact"-gradient XNOR conv is an ordinary autograd gradient: clipped as it is
+    a = nn.Sequential(
+        nn.Conv2d(3, 4, 3), BinaryConv2d(4, 4, 3, weight_quantizer="xnor_weight"), nn.Flatten(), nn.Linear(64, 3)
+    )
+    x = torch.randn(2, 3, 8, 8)
+    a(x).square().sum().backward()
+    b = copy.deepcopy(a)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        q.grad = p.grad.clone()
+    ref = nn.utils.clip_grad_norm_(b.parameters(), 0.5)
+    got = clip_grad_norm_release_order(a, a.parameters(), 0.5)
+    assert float(ref) > 0.5 and torch.equal(got, ref)
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("loss_scale", [None, 1024.0], ids=["fp32", "grad_scaler"])
+def test_engine_step_with_clip_grad_is_the_release_step(loss_scale):
+    """train_one_epoch with train.clip_grad on a model with XNOR convs: the SGD update is -lr times the release's
+    clipped-then-rescaled gradient (a GradScaler unscales before the clip: the same update)."""
+    net, x, y = _xnor_setup()
+    ref_net = copy.deepcopy(net)
+    nn.functional.cross_entropy(ref_net(x), y)  # the forward's in-place centring and clamping, as the engine's
+    raw_norm, _ = _release_reference(ref_net, x, y, None)
+    max_norm = float(raw_norm) / 4
+    _, ref_final = _release_reference(ref_net, x, y, max_norm)
+    # NCHW as the reference: binary conv outputs are multiples of alpha, often exactly 0, and another summation
+    # order (channels_last) can move such a tie to +-1e-17 and flip its ReLU gradient
+    cfg = TrainConfig(
+        lr=0.5,
+        momentum=0.0,
+        weight_decay=0.0,
+        sched="constant",
+        opt="momentum",
+        clip_grad=max_norm,
+        amp=False,
+        channels_last=False,
+    )
+    opt = build_optimizer(cfg, net)
+    scaler = None
+    if loss_scale is not None:
+        scaler = torch.amp.GradScaler("cpu", init_scale=loss_scale)
+    train_one_epoch(
+        net,
+        [(x, y)],
+        opt,
+        build_scheduler(cfg, opt, 1),
+        nn.CrossEntropyLoss(),
+        cfg,
+        Runtime(torch.device("cpu")),
+        epoch=0,
+        global_step=0,
+        scaler=scaler,
+    )
+    start = dict(ref_net.named_parameters())
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(p.detach(), start[n].detach() - 0.5 * ref_final[n], rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_validate_centres_and_clamps_the_xnor_weights_once_per_pass():
+    """The release's `infer` binarises once before its first batch: a pass over several batches centres and clamps
+    the latent weights once (the old per-forward prep did it at every batch), and each new pass once more."""
+    net, x, y = _xnor_setup()
+    with torch.no_grad():
+        net.conv1.weight.mul_(20.0)
+    w0 = net.conv1.weight.detach().clone()
+
+    def prep(w: torch.Tensor) -> torch.Tensor:
+        return (w - w.mean(dim=1, keepdim=True)).clamp(-1.0, 1.0)
+
+    assert not torch.equal(prep(prep(w0)), prep(w0))  # not idempotent where the clamp fired
+    cfg = TrainConfig(channels_last=False, amp=False)
+    rt = Runtime(torch.device("cpu"))
+    validate(net, [(x, y)] * 3, cfg, rt)
+    assert torch.equal(net.conv1.weight.detach(), prep(w0))
+    validate(net, [(x, y)] * 2, cfg, rt)
+    assert torch.equal(net.conv1.weight.detach(), prep(prep(w0)))

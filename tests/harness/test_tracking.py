@@ -42,6 +42,8 @@ def test_run_logs_params_metrics_tags_artifacts(cifar_cache, tmp_path, mlflow_ur
     ):
         assert key in run.data.tags, key
     assert run.data.tags["bnas.dataset"] == "cifar10" and run.data.tags["bnas.device"] == "cpu"
+    assert run.data.tags["bnas.precision"] == "fp32" and run.data.tags["bnas.global_batch"] == "64"
+    assert run.data.tags["bnas.batch_deviation"] == "none"  # no recipe: nothing to deviate from
     for key in ("train/loss", "train/top1", "val/loss", "val/top1", "val/top5", "lr", "perf/train_img_s"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert 1 in steps and 2 in steps, key

@@ -98,6 +98,113 @@ def test_xnor_ste_mode_and_in_place_centring_and_clamping():
     assert torch.equal(w.grad, (w.detach().abs() <= 1).double())
 
 
+def _prep(w: torch.Tensor) -> torch.Tensor:
+    """The release's `binarization()` prep by hand: centre over C_in, then clamp to [-1, 1]."""
+    return (w - w.mean(dim=1, keepdim=True)).clamp(-1.0, 1.0)
+
+
+def _clamping_weights(scale: float = 4.0) -> torch.Tensor:
+    """Latent weights where the clamp fires, so that a second prep is not a no-op."""
+    w = _w() * scale
+    once = _prep(w)
+    assert (_prep(once) - once).abs().max() > 1e-2  # centring the clamped weights again moves them
+    return w
+
+
+def test_xnor_prep_runs_once_while_the_weights_do_not_change():
+    """Two forwards without a weight change (the search's arch and weight steps) centre and clamp once: the second
+    leaves the latent weights, and the binary weights, exactly as after the first (the old per-forward prep moved
+    them again)."""
+    p = nn.Parameter(_clamping_weights())
+    w0 = p.detach().clone()
+    q = XnorWeight(center=True, clamp=True, grad="xnor_rescale")
+    out1 = q(p)
+    assert torch.equal(p.detach(), _prep(w0))
+    assert not q.prep_due(p)
+    out2 = q(p)
+    assert torch.equal(p.detach(), _prep(w0)) and torch.equal(out2, out1)
+    # and an arch-only gradient (alphas, not these weights) does not make it due either
+    a = torch.ones((), dtype=p.dtype, requires_grad=True)
+    torch.autograd.grad((q(p) * a).sum(), a)
+    assert not q.prep_due(p) and torch.equal(p.detach(), _prep(w0))
+
+
+@pytest.mark.parametrize("opt", ["sgd", "sgd_foreach", "sgd_fused", "adam_foreach", "adam_fused"])
+def test_xnor_prep_runs_again_after_an_optimizer_step(opt):
+    """After a backward and a step the next forward preps the updated weights (fused steps do not bump `_version`:
+    the backward through the quantizer makes the prep due)."""
+    p = nn.Parameter(_clamping_weights())
+    q = XnorWeight(center=True, clamp=True, grad="xnor_rescale")
+    kind, _, impl = opt.partition("_")
+    kw = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
+    o = torch.optim.SGD([p], lr=0.01, momentum=0.9, **kw) if kind == "sgd" else torch.optim.Adam([p], lr=0.01, **kw)
+    g = torch.randn(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(1))
+    for _ in range(2):
+        (q(p) * g).sum().backward()
+        o.step()
+        o.zero_grad()
+        stepped = p.detach().clone()
+        assert q.prep_due(p)
+        q(p)
+        assert torch.equal(p.detach(), _prep(stepped))
+
+
+def test_xnor_prep_after_in_place_writes_mode_changes_and_schedule():
+    conv = BinaryConv2d(3, 4, 3, weight_quantizer=XnorWeight(grad="xnor_rescale")).double()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    state = {"weight": _clamping_weights()}
+    conv.load_state_dict(state)  # an in-place copy: bumps the version
+    conv(x)
+    once = _prep(state["weight"])
+    assert torch.equal(conv.weight.detach(), once)
+    conv(x)
+    assert torch.equal(conv.weight.detach(), once)
+    conv.load_state_dict({"weight": 1.5 * state["weight"]})
+    conv(x)
+    assert torch.equal(conv.weight.detach(), _prep(1.5 * state["weight"]))
+    # the release preps at the start of an evaluation pass and again at the next training iteration
+    w = conv.weight.detach().clone()
+    conv.eval()
+    conv(x)
+    conv(x)
+    assert torch.equal(conv.weight.detach(), _prep(w))
+    conv.train()
+    conv(x)
+    assert torch.equal(conv.weight.detach(), _prep(_prep(w)))
+    conv.weight_quantizer.schedule_prep()
+    conv(x)
+    assert torch.equal(conv.weight.detach(), _prep(_prep(_prep(w))))
+
+
+def test_xnor_prep_once_with_full_precision_rows():
+    p = nn.Parameter(_clamping_weights())
+    w0 = p.detach().clone()
+    q = XnorWeight(center=True, clamp=True, grad="xnor_rescale")
+    q.binary_rows = torch.tensor([True, False, True, True])
+    q(p)
+    q(p)
+    rows = q.binary_rows.view(-1, 1, 1, 1)
+    assert torch.equal(p.detach(), torch.where(rows, _prep(w0), w0))
+
+
+def test_xnor_raw_grad_inverts_the_rescale():
+    """raw_grad recovers dL/dW_b from the "xnor_rescale" gradient (the release clips that one), including
+    full-precision rows and an all-zero filter (alpha = 0: the minimum-norm preimage G / c)."""
+    w = _w()
+    w[2] = 0.0
+    q = XnorWeight(center=False, clamp=False, grad="xnor_rescale")
+    q.binary_rows = torch.tensor([True, True, True, False])
+    g = torch.randn(w.shape, dtype=w.dtype, generator=torch.Generator().manual_seed(3))
+    p = w.clone().requires_grad_()
+    (q(p) * g).sum().backward()
+    raw = q.raw_grad(w, p.grad)
+    c = 27 * (1 - 1 / 3)
+    torch.testing.assert_close(raw[[0, 1, 3]], g[[0, 1, 3]], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(raw[2], g[2].mean() * torch.ones_like(g[2]), rtol=1e-12, atol=1e-14)  # s = +1
+    torch.testing.assert_close(p.grad[2], c * g[2].mean() * torch.ones_like(g[2]), rtol=1e-12, atol=1e-14)
+    assert XnorWeight(grad="exact").raw_grad(w, p.grad) is p.grad
+
+
 @pytest.mark.parametrize("variant", ["release", "paper"])
 def test_magnitude_aware_sign(variant):
     w = (_w() * 3).requires_grad_()

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from methods.binary import BinaryConv2d
 from methods.bnas.search import BnasSearcher
 from methods.bnas.supernet import CONV_OPS, SuperNet, release_fp_tail
 from methods.bnas.supernet_shared import SharedSearchCell, StateOps, copy_from_reference
@@ -111,6 +112,45 @@ def test_search_steps_of_both_implementations_agree():
                 torch.testing.assert_close(
                     sc.edge_weight(e, op), rc.edges[e].conv(op).weight, rtol=1e-9, atol=1e-12, msg=f"{ci}.{e}.{op}"
                 )
+
+
+@pytest.mark.parametrize("impl", ["shared", "reference"])
+def test_a_search_iteration_centres_and_clamps_the_latent_weights_once(impl):
+    """The release centres and clamps once per iteration, before the architecture step, not again before the weight
+    step (the arch step leaves the weights as they are; a second centring of clamped weights would move them). With
+    lr = 0 the weight step changes nothing either, so after k iterations the weights are exactly k preps of the
+    start."""
+    torch.manual_seed(0)
+    net = SuperNet(init_channels=4, layers=5, impl=impl).double()
+    convs = [m for m in net.modules() if isinstance(m, BinaryConv2d) and m.weight_quantizer is not None]
+    with torch.no_grad():
+        for c in convs:
+            c.weight.mul_(20.0)  # the clamp fires
+    w0 = [c.weight.detach().clone() for c in convs]
+
+    def prep(w: torch.Tensor) -> torch.Tensor:
+        return (w - w.mean(dim=1, keepdim=True)).clamp(-1.0, 1.0)
+
+    assert all(not torch.equal(prep(prep(w)), prep(w)) for w in w0)
+    s = BnasSearcher(net, epochs=1, lr=0.0, lr_min=0.0)
+    g = torch.Generator().manual_seed(5)
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(4, 3, 16, 16, dtype=torch.float64, generator=g), torch.arange(4)
+
+    s.step(batch(), batch())
+    for c, w in zip(convs, w0, strict=True):
+        assert torch.equal(c.weight.detach(), prep(w))
+    s.step(batch(), batch())
+    for c, w in zip(convs, w0, strict=True):
+        assert torch.equal(c.weight.detach(), prep(prep(w)))
+    # an evaluation pass after the iteration (as `bnas search` runs it) preps once, at its first batch
+    net.eval()
+    with torch.no_grad():
+        for _ in range(3):
+            s.forward(batch()[0])
+    for c, w in zip(convs, w0, strict=True):
+        assert torch.equal(c.weight.detach(), prep(prep(prep(w))))
 
 
 def test_release_fp_tail_of_the_search_net_is_the_last_18_convs():

@@ -148,3 +148,84 @@ def test_baseline_loss_goes_down_on_real_cifar(name, cifar_cache, tmp_path):
         state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
         convs = [k for k in state if k.startswith("layer") and k.endswith("conv1.weight")]
         assert convs and all(state[k].abs().max() <= 1.0 for k in convs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# unknown keyword arguments are errors (never silently swallowed)
+
+
+@pytest.mark.parametrize("name", _our_models() + _bnas_models())
+def test_every_model_refuses_an_unknown_keyword(name):
+    from methods._registry import ModelKwargError
+
+    with pytest.raises(ModelKwargError, match=rf"^model '{name}' does not take keyword 'not_a_kwarg'; it takes: ") as e:
+        timm.create_model(name, not_a_kwarg=1)
+    assert isinstance(e.value, TypeError) and e.value.model == name and e.value.key == "not_a_kwarg"
+    assert "num_classes" in e.value.accepted and "pretrained_cfg" not in e.value.accepted
+
+
+def test_bnas_refuses_a_typo_and_other_families_keywords():
+    from methods._registry import ModelKwargError
+
+    with pytest.raises(ModelKwargError, match=r"'bnas_a' does not take keyword 'skipp'.*did you mean skip\?$") as e:
+        timm.create_model("bnas_a", skipp=False)
+    assert {"skip", "layers", "init_channels", "genotype", "official_fp_tail"} <= set(e.value.accepted)
+    # an XNOR-Net++ option, timm's drop-path rate and feature extraction: BNAS supports none of them
+    for key, value in {"weight_binary": False, "drop_path_rate": 0.1, "features_only": True}.items():
+        with pytest.raises(ModelKwargError, match=rf"model 'bnas_(a|d)' does not take keyword '{key}'"):
+            timm.create_model("bnas_a", **{key: value})
+        with pytest.raises(ModelKwargError, match=rf"model 'bnas_d' does not take keyword '{key}'"):
+            timm.create_model("bnas_d", **{key: value})
+
+
+def test_baselines_refuse_another_familys_keyword():
+    from methods._registry import ModelKwargError
+
+    with pytest.raises(ModelKwargError, match="'bireal_resnet18_cifar' does not take keyword 'scale_shape'"):
+        timm.create_model("bireal_resnet18_cifar", scale_shape="full")
+    with pytest.raises(
+        ModelKwargError, match="'xnornetpp_resnet18_cifar' does not take keyword 'scale_shap'.*scale_shape"
+    ):
+        timm.create_model("xnornetpp_resnet18_cifar", scale_shap="full")
+    with pytest.raises(ModelKwargError, match="'binarynet_resnet18_cifar' does not take keyword 'conv'"):
+        timm.create_model("binarynet_resnet18_cifar", conv=print)  # set by the family, not by a caller
+
+
+def test_supported_keywords_and_timm_plumbing_still_pass(tmp_path):
+    m = timm.create_model(
+        "bnas_a",
+        layers=5,
+        init_channels=8,
+        skip=False,
+        drop_rate=0.1,
+        pretrained_cfg_overlay={"crop_pct": 1.0},
+        cache_dir=tmp_path,
+    )
+    assert not any(c.has_skip for c in m.cells) and m.pretrained_cfg["crop_pct"] == 1.0
+    m = timm.create_model(
+        "xnornetpp_resnet18_cifar", weight_binary=False, scale_shape="factorised", widths=(8, 8, 8, 8)
+    )
+    assert m(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    small = {"widths": (8, 8, 8, 8)}
+    for name, kw in {
+        "binarynet_resnet18_cifar": {"pad_value": 1.0, "weight_binary": True, **small},
+        "xnornet_resnet18_cifar": {"xnor_grad": "xnor_rescale", "xnor_center": True, "xnor_clamp": True, **small},
+        "bireal_resnet18_cifar": {"weight_grad": "paper", "features_only": True, "out_indices": (0, 1, 2, 3), **small},
+        "resnet18_cifar": {"drop_path_rate": 0.1, "features_only": True},
+    }.items():
+        assert isinstance(timm.create_model(name, **kw), torch.nn.Module)
+
+
+def test_create_model_names_the_model_kwarg_and_what_it_takes():
+    with pytest.raises(BnasError) as e:
+        create_model("bnas_a", 10, skipp=False)
+    msg = str(e.value)
+    assert msg.startswith("model 'bnas_a' does not take keyword 'skipp' (train.model_kwargs); it takes: ")
+    assert msg.endswith("; did you mean skip?") and "\n" not in msg
+    assert "binary_res_weights, drop_rate, genotype" in msg
+    with pytest.raises(
+        BnasError, match=r"^model 'bnas_a' does not take keyword 'weight_binary' \(train.model_kwargs\)"
+    ):
+        create_model("bnas_a", 10, weight_binary=False)
+    with pytest.raises(BnasError, match=r"^model 'xnornetpp_resnet18_cifar' does not take keyword 'xnor_grad'"):
+        create_model("xnornetpp_resnet18_cifar", 10, xnor_grad="exact")

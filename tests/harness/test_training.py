@@ -1,0 +1,51 @@
+"""`harness/training.py`: the run's precision, global batch and recorded recipe deviations (issue 14)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from _helpers import tiny_config
+
+from harness.config import TrainConfig, load_config
+from harness.errors import ConfigError
+from harness.training import batch_deviation, per_process_batch, precision, run_train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_runs_are_float32_unless_a_speed_switch_is_set():
+    """The release trains in float32: so do the paper profile's search, CIFAR and ImageNet runs."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert precision(TrainConfig(), cuda) == "fp32" and precision(TrainConfig(), cpu) == "fp32"
+    assert precision(TrainConfig(amp=True), cuda) == "bf16" and precision(TrainConfig(amp=True), cpu) == "fp32"
+    assert precision(TrainConfig(amp=True, amp_dtype="float16"), cuda) == "fp16"
+    assert precision(TrainConfig(cpu_amp=True), cpu) == "bf16"
+    params = REPO / "pipelines" / "params.yaml"
+    for method in ("bnas_a", "bnas_d", "bireal_resnet18_cifar"):
+        c = load_config(params, {"profile": "paper"}, method=method)
+        assert not c.train.amp and not c.train.cpu_amp
+    assert not load_config(params, {"profile": "paper"}, method="search").search.amp
+
+
+def test_the_batch_is_global_and_a_deviation_from_the_recipe_is_named():
+    assert per_process_batch(1024, 4) == 256 and per_process_batch(64, 1) == 64
+    with pytest.raises(ConfigError, match="train.batch_size 100 .global. is not divisible by the 3 processes"):
+        per_process_batch(100, 3)
+    params = REPO / "pipelines" / "params.yaml"
+    paper = load_config(params, {"profile": "paper"}, method="bnas_d").train
+    assert paper.batch_size == 1024 and batch_deviation(paper) == ""
+    small = load_config(params, {"profile": "paper", "train.batch_size": 256}, method="bnas_d").train
+    assert batch_deviation(small) == "global batch 256, recipe bnas_imagenet_paper says 1024"
+    quick = load_config(params, method="bnas_a").train  # the quick profile's batch 64 is a recorded deviation too
+    assert batch_deviation(quick) == "global batch 64, recipe bnas_cifar_paper says 256"
+
+
+def test_metrics_record_precision_and_no_maximum_over_test_evaluations(cifar_cache, tmp_path):
+    cfg = tiny_config(epochs=2, train_subset=256, test_subset=128)
+    m = run_train(cfg, cifar_cache, tmp_path / "run", progress=False)
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["precision"] == on_disk["precision"] == "fp32" and on_disk["global_batch"] == 64
+    assert not any(k.startswith("best/") for k in on_disk)  # a max over test-set evaluations is selection on test
