@@ -281,6 +281,7 @@ def run_search(
         ckpt = out / "checkpoint.pt"
         best: dict[str, Any] = {"val_top1": -1.0, "epoch": -1, "genotype": None, "alphas": None, "alphas_epoch": -1}
         start, history, run_id = 0, [], None
+        epoch_files: list[dict[str, Any]] = []  # genotypes/epochNNN.json of every epoch (small), kept in the checkpoint
         if resume and ckpt.exists():
             state = load_checkpoint(ckpt, map_location=dev)
             diff = _config_diff(state.get("config", {}), cfg_dict)
@@ -300,6 +301,7 @@ def run_search(
                 searcher.load_state_dict(state["model"])
                 set_rng_state(state["rng"])
                 start, history, best = int(state["epoch"]), list(state["history"]), dict(state["best"])
+                epoch_files = list(state.get("epoch_files", []))
                 run_id = state.get("mlflow_run_id")
                 log.info("resuming search from %s at epoch %d", ckpt, start)
         if main:
@@ -386,20 +388,15 @@ def run_search(
                 gdir = out / "genotypes"
                 if not main:
                     continue
-                atomic_write_json(
-                    gdir / f"epoch{epoch + 1:03d}.json",
-                    {
-                        "epoch": epoch + 1,
-                        "genotype": _genotype_dict(g_end),
-                        **a_end,
-                    },
-                )
+                epoch_files.append({"epoch": epoch + 1, "genotype": _genotype_dict(g_end), **a_end})
+                atomic_write_json(gdir / f"epoch{epoch + 1:03d}.json", epoch_files[-1])
                 save_checkpoint(
                     {
                         "model": searcher.state_dict(),
                         "rng": rng_state(),
                         "epoch": epoch + 1,
                         "history": history,
+                        "epoch_files": epoch_files,
                         "best": best,
                         "config": cfg_dict,
                         "code_digest": digest,
@@ -420,6 +417,12 @@ def run_search(
                 )
             if not history:
                 raise DataError(f"{out}: search.epochs = {sc.epochs}: nothing to search")
+            if main:  # a resume of a finished search (its outputs removed, e.g. by DVC) writes them all again
+                for f in epoch_files:
+                    path = out / "genotypes" / f"epoch{f['epoch']:03d}.json"
+                    if not path.is_file():
+                        atomic_write_json(path, f)
+                _write_history(out / "history.csv", history)
             if rt.distributed:
                 torch.distributed.barrier()
                 if not main:

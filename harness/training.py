@@ -356,6 +356,8 @@ def fit(
                 h.on_epoch_end(unwrap(model), epoch)
         if not history:
             raise CheckpointError(f"{out}: train.epochs = {tc.epochs}: nothing to train")
+        if rt.is_main:  # a resume of a finished run (its outputs removed, e.g. by DVC) writes them all again
+            _write_history(out / "history.csv", history)
         metrics = _final_metrics(
             history,
             {

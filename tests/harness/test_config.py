@@ -128,6 +128,7 @@ def test_every_project_recipe_resolves():
     assert {"shared", "xnornetpp_paper_stage1", "xnornetpp_paper_stage2", "bireal_scratch"} <= set(names)
     for n in names:
         assert load_config(REPO / "pipelines" / "params.yaml", recipe=n).train.recipe == n
+        assert "batch_size" in names[n], f"recipe {n} does not state its global batch"
 
 
 def test_bnas_paper_recipes_carry_the_release_hyperparameters():

@@ -261,3 +261,19 @@ def test_official_val_augment_augments_architecture_and_selection_batches_and_ta
     assert run.data.params["search.official_val_augment"] == "True"
     assert run.data.params["search.official_val_resample"] == "False"
     assert "precision" not in run.data.metrics and "search/best_val_top1" in run.data.metrics
+
+
+def test_resuming_a_finished_search_writes_every_output_again(cifar_cache, tmp_path):
+    """DVC removes a stage's outputs before it runs it again: `--resume` of a finished search (its checkpoint kept)
+    must rewrite them all, the per-epoch genotype files included, identical to the first run's."""
+    from harness.searching import run_search
+
+    out = tmp_path / "s"
+    run_search(_cfg(epochs=2), cifar_cache, out, progress=False)
+    names = ["history.csv", "genotype.json", "alphas.json", "alphas_best.json", "alphas_final.json"]
+    names += ["genotypes/epoch001.json", "genotypes/epoch002.json"]
+    first = {n: (out / n).read_text() for n in names}
+    for n in names:
+        (out / n).unlink()
+    run_search(_cfg(epochs=2), cifar_cache, out, resume=True, progress=False)
+    assert {n: (out / n).read_text() for n in names} == first

@@ -49,3 +49,22 @@ def test_metrics_record_precision_and_no_maximum_over_test_evaluations(cifar_cac
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["precision"] == on_disk["precision"] == "fp32" and on_disk["global_batch"] == 64
     assert not any(k.startswith("best/") for k in on_disk)  # a max over test-set evaluations is selection on test
+
+
+def test_resuming_a_finished_run_writes_every_output_again(cifar_cache, tmp_path):
+    """DVC removes a stage's outputs before it runs it again: `--resume` of a finished run (its checkpoint kept) must
+    rewrite them all, identical to the first run's."""
+    cfg = tiny_config(epochs=1, train_subset=128, test_subset=64)
+    out = tmp_path / "run"
+    run_train(cfg, cifar_cache, out, progress=False)
+    first = {n: (out / n).read_bytes() for n in ("history.csv", "metrics.json", "config.yaml")}
+    weights = torch.load(out / "model.pt", weights_only=True)
+    for n in ("history.csv", "metrics.json", "config.yaml", "model.pt"):
+        (out / n).unlink()
+    run_train(cfg, cifar_cache, out, resume=True, progress=False)
+    assert (out / "history.csv").read_bytes() == first["history.csv"]
+    assert (out / "config.yaml").read_bytes() == first["config.yaml"]
+    strip = lambda d: {k: v for k, v in d.items() if not k.startswith("perf/")}  # noqa: E731
+    assert strip(json.loads((out / "metrics.json").read_bytes())) == strip(json.loads(first["metrics.json"]))
+    again = torch.load(out / "model.pt", weights_only=True)
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
