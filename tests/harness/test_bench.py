@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from harness.cli import cli
@@ -21,6 +22,7 @@ KEYS = {
 }
 
 
+@pytest.mark.slow  # ~2 minutes on 2 cores (every benchmark once, tiny): `pytest -m slow`
 def test_bench_quick_writes_the_schema(cifar_cache, tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps({"cuda": {"search_iter_s": 1.0}}))  # other devices are kept
     res = CliRunner().invoke(cli, ["bench", "--quick", "--data", str(cifar_cache), "--out", str(tmp_path)])
