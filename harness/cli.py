@@ -201,9 +201,8 @@ def _default_method(params: Path, overrides: dict[str, Any]) -> str | None:
     with another --recipe than the entry's own, the recipe's values stand)."""
     from harness.config import load_config
 
-    cfg = load_config(params, overrides, recipe="")
-    known = (load_config(params).methods or {}) if params.is_file() else {}
-    if cfg.train.model in known:
+    cfg = load_config(params, overrides)  # as the file is, its `methods` group included
+    if cfg.train.model in cfg.methods:
         return cfg.train.model
     if cfg.profile and cfg.profile != "paper":
         logging.getLogger(__name__).warning(
@@ -232,13 +231,11 @@ def config_cmd(
 ) -> None:
     """Print a run's resolved config, each value with the layer it came from (default, params, recipe, method,
     profile, method+profile, override), as `bnas train` with the same options would resolve it."""
-    from harness.config import explain_config, flatten
+    from harness.config import config_to_dict, explain_config, flatten
 
     overrides = _overrides(seed, sets)
     method = method or _default_method(params, overrides)
     cfg, origin = explain_config(params, overrides, recipe=recipe, method=method)
-    from harness.config import config_to_dict
-
     flat = flatten(config_to_dict(cfg))
     if as_json:
         click.echo(json.dumps({k: {"value": v, "from": origin[k]} for k, v in flat.items()}, indent=1, default=str))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -242,92 +243,92 @@ def _check_value(value: Any, tp: Any, key: str, source: str) -> Any:
     raise ConfigError(f"{source}: {key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
-def _positive(v: Any) -> bool:
-    return v > 0
+@dataclass(frozen=True)
+class _Range:
+    """An interval a numeric field must lie in; `str` gives the wording of the error message (e.g. "in [0, 1)")."""
+
+    lo: float
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = True
+
+    def __contains__(self, v: float) -> bool:
+        above = v > self.lo if self.lo_open else v >= self.lo
+        below = v < self.hi if self.hi_open else v <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        if self.hi == math.inf:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
 
 
-def _non_negative(v: Any) -> bool:
-    return v >= 0
-
-
-def _fraction(v: Any) -> bool:
-    return 0 <= v < 1
-
-
-def _open_fraction(v: Any) -> bool:
-    return 0 < v < 1
-
-
-_RULES = {
-    _positive: "> 0",
-    _non_negative: ">= 0",
-    _fraction: "in [0, 1)",
-    _open_fraction: "in (0, 1)",
-}
+_POSITIVE = _Range(0, lo_open=True)
+_NON_NEGATIVE = _Range(0)
+_FRACTION = _Range(0, 1)
+_OPEN_FRACTION = _Range(0, 1, lo_open=True)
 
 # Value ranges per field (the types are checked first). A value outside is a ConfigError naming the key.
-RANGES: dict[str, dict[str, Any]] = {
+RANGES: dict[str, dict[str, _Range]] = {
     "DataConfig": {
-        "train_subset": _non_negative,
-        "test_subset": _non_negative,
-        "search_train_fraction": _open_fraction,
-        "color_jitter": _non_negative,
-        "color_jitter_hue": lambda v: 0 <= v <= 0.5,
-        "image_size": _positive,
-        "val_resize": _positive,
-        "num_workers": _non_negative,
+        "train_subset": _NON_NEGATIVE,
+        "test_subset": _NON_NEGATIVE,
+        "search_train_fraction": _OPEN_FRACTION,
+        "color_jitter": _NON_NEGATIVE,
+        "color_jitter_hue": _Range(0, 0.5, hi_open=False),
+        "image_size": _POSITIVE,
+        "val_resize": _POSITIVE,
+        "num_workers": _NON_NEGATIVE,
     },
     "TrainConfig": {
-        "num_classes": _positive,
-        "epochs": _positive,
-        "batch_size": _positive,
-        "lr": _positive,
-        "momentum": _fraction,
-        "weight_decay": _non_negative,
-        "min_lr": _non_negative,
-        "warmup_epochs": _non_negative,
-        "restart_epochs": _positive,
-        "onecycle_pct": lambda v: 0 < v <= 0.5,
-        "onecycle_div": _positive,
-        "onecycle_final_div": _positive,
-        "label_smoothing": _fraction,
-        "clip_grad": _non_negative,
-        "drop_path": _fraction,
-        "eval_interval": _positive,
-        "log_interval": _positive,
-        "threads": _non_negative,
-        "nproc_per_node": _positive,
-        "recipe_batch_size": _non_negative,
+        "num_classes": _POSITIVE,
+        "epochs": _POSITIVE,
+        "batch_size": _POSITIVE,
+        "lr": _POSITIVE,
+        "momentum": _FRACTION,
+        "weight_decay": _NON_NEGATIVE,
+        "min_lr": _NON_NEGATIVE,
+        "warmup_epochs": _NON_NEGATIVE,
+        "restart_epochs": _POSITIVE,
+        "onecycle_pct": _Range(0, 0.5, lo_open=True, hi_open=False),
+        "onecycle_div": _POSITIVE,
+        "onecycle_final_div": _POSITIVE,
+        "label_smoothing": _FRACTION,
+        "clip_grad": _NON_NEGATIVE,
+        "drop_path": _FRACTION,
+        "eval_interval": _POSITIVE,
+        "log_interval": _POSITIVE,
+        "threads": _NON_NEGATIVE,
+        "nproc_per_node": _POSITIVE,
+        "recipe_batch_size": _NON_NEGATIVE,
     },
     "SearchConfig": {
-        "init_channels": _positive,
-        "layers": lambda v: v >= 3,
-        "epochs": _positive,
-        "batch_size": _positive,
-        "lr": _positive,
-        "lr_min": _non_negative,
-        "momentum": _fraction,
-        "weight_decay": _non_negative,
-        "arch_lr": _positive,
-        "arch_beta1": _fraction,
-        "arch_beta2": _fraction,
-        "arch_weight_decay": _non_negative,
-        "lam": _non_negative,
-        "tau": _positive,
-        "gamma": _positive,
-        "train_subset": _non_negative,
-        "threads": _non_negative,
-        "nproc_per_node": _positive,
+        "init_channels": _POSITIVE,
+        "layers": _Range(3),
+        "epochs": _POSITIVE,
+        "batch_size": _POSITIVE,
+        "lr": _POSITIVE,
+        "lr_min": _NON_NEGATIVE,
+        "momentum": _FRACTION,
+        "weight_decay": _NON_NEGATIVE,
+        "arch_lr": _POSITIVE,
+        "arch_beta1": _FRACTION,
+        "arch_beta2": _FRACTION,
+        "arch_weight_decay": _NON_NEGATIVE,
+        "lam": _NON_NEGATIVE,
+        "tau": _POSITIVE,
+        "gamma": _POSITIVE,
+        "train_subset": _NON_NEGATIVE,
+        "threads": _NON_NEGATIVE,
+        "nproc_per_node": _POSITIVE,
     },
 }
-_RANGE_TEXT = {"color_jitter_hue": "in [0, 0.5]", "onecycle_pct": "in (0, 0.5]", "layers": ">= 3"}
 
 
 def _check_range(cls: type, name: str, value: Any, key: str, source: str) -> None:
     rule = RANGES.get(cls.__name__, {}).get(name)
-    if rule is not None and not rule(value):
-        want = _RULES.get(rule) or _RANGE_TEXT.get(name, "in range")
-        raise ConfigError(f"{source}: {key}: expected a value {want}, got {value!r}")
+    if rule is not None and value not in rule:
+        raise ConfigError(f"{source}: {key}: expected a value {rule}, got {value!r}")
 
 
 def _build(cls: type, values: Mapping[str, Any], prefix: str, source: str) -> Any:

@@ -493,16 +493,25 @@ class CifarLoader:
             bidx = idx[start : start + self.batch_size]
             if self.train and len(bidx) < 2:
                 break
-            dev_idx = bidx.to(self.device, non_blocking=True)
-            x = self.images[dev_idx]
             if self.augment:
-                off = aug_off[bidx].to(self.device, non_blocking=True)
-                flip = aug_flip[bidx].to(self.device, non_blocking=True)
-                x = crop_flip(x, off[:, 0], off[:, 1], flip)
-            x = x.float().mul_(self.scale).add_(self.shift)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels[dev_idx]
+                yield self.batch(bidx, aug_off[bidx], aug_flip[bidx])
+            else:
+                yield self.batch(bidx)
+
+    def batch(
+        self, idx: torch.Tensor, off: torch.Tensor | None = None, flip: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of the samples `idx` (CPU indices), normalised; with `off` (b, 2) and `flip` (b,), the
+        training crop + flip of each."""
+        dev_idx = idx.to(self.device, non_blocking=True)
+        x = self.images[dev_idx]
+        if off is not None and flip is not None:
+            off = off.to(self.device, non_blocking=True)
+            x = crop_flip(x, off[:, 0], off[:, 1], flip.to(self.device, non_blocking=True))
+        x = x.float().mul_(self.scale).add_(self.shift)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.labels[dev_idx]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

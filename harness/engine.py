@@ -24,7 +24,7 @@ from torch import nn
 
 from harness.config import TrainConfig
 from harness.distributed import Runtime, all_reduce_sum
-from harness.errors import NonFiniteLossError
+from harness.errors import ConfigError, NonFiniteLossError
 
 __all__ = [
     "Hook",
@@ -32,10 +32,12 @@ __all__ = [
     "WeightConstraints",
     "BinaryStats",
     "IterScheduler",
+    "check_optimizer",
     "build_optimizer",
     "build_scheduler",
     "build_loss",
     "autocast",
+    "autocast_dtype",
     "clip_grad_norm_release_order",
     "train_one_epoch",
     "validate",
@@ -181,6 +183,19 @@ class IterScheduler:
             self.sched.load_state_dict(state)
 
 
+def check_optimizer(name: str) -> None:
+    """Raise ConfigError unless `name` is an optimizer timm's factory knows (with the closest names)."""
+    import difflib
+
+    from timm.optim import list_optimizers
+
+    known = list_optimizers()
+    if name.lower() not in known:
+        close = difflib.get_close_matches(name.lower(), known, n=3)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise ConfigError(f"train.opt: unknown optimizer '{name}' (expected a timm optimizer name{hint})")
+
+
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """timm's optimizer factory with the run's lr, momentum and weight decay."""
     from timm.optim import create_optimizer_v2
@@ -274,14 +289,21 @@ def build_loss(cfg: TrainConfig) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16/fp16 autocast on CUDA when `cfg.amp`; bf16 autocast on CPU when `cfg.cpu_amp`; a null context otherwise
-    (CPU runs stay float32, with the exact int8 forward of the binary convs)."""
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run: `cfg.amp_dtype` on CUDA when `cfg.amp`, bf16 on CPU when `cfg.cpu_amp`, else
+    None (float32, the release's precision)."""
     if cfg.amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=getattr(torch, cfg.amp_dtype))
+        return getattr(torch, cfg.amp_dtype)
     if cfg.cpu_amp and device.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        return torch.bfloat16
+    return None
+
+
+def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Autocast to :func:`autocast_dtype` when it is set; a null context otherwise (CPU runs stay float32, with the
+    exact int8 forward of the binary convs)."""
+    dtype = autocast_dtype(cfg, device)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

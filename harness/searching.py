@@ -32,7 +32,7 @@ import torch
 
 from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from harness.config import Config, config_to_dict, flatten, save_config
-from harness.data import CifarLoader, crop_flip, load_cifar10, stratified_subset
+from harness.data import CifarLoader, load_cifar10, stratified_subset
 from harness.distributed import all_reduce_sum, setup_runtime, teardown_runtime
 from harness.errors import DataError
 from harness.io import atomic_path, atomic_write_json, atomic_write_text
@@ -167,16 +167,8 @@ class ResampledBatches:
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Endless (images, labels) batches of this rank for `epoch`, normalised as the loader's."""
-        ld = self.loader
         for idx, off, flip in self.indices(epoch):
-            dev_idx = idx.to(ld.device, non_blocking=True)
-            x = ld.images[dev_idx]
-            if off is not None and flip is not None:
-                x = crop_flip(x, off[:, 0].to(ld.device), off[:, 1].to(ld.device), flip.to(ld.device))
-            x = x.float().mul_(ld.scale).add_(ld.shift)
-            if ld.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, ld.labels[dev_idx]
+            yield self.loader.batch(idx, off, flip)
 
 
 def _evaluate(searcher: Any, loader: CifarLoader, rt: Any) -> tuple[float, int, int]:

@@ -29,9 +29,11 @@ from harness.engine import (
     DropPathSchedule,
     Hook,
     WeightConstraints,
+    autocast_dtype,
     build_loss,
     build_optimizer,
     build_scheduler,
+    check_optimizer,
     train_one_epoch,
     unwrap,
     validate,
@@ -47,7 +49,6 @@ __all__ = [
     "run_evaluate",
     "peak_memory_mb",
     "code_digest",
-    "check_optimizer",
     "per_process_batch",
     "precision",
     "batch_deviation",
@@ -110,19 +111,6 @@ def build_loaders(cfg: Config, data: str | Path, rt: Runtime) -> tuple[Any, Any,
     return train, val, meta
 
 
-def check_optimizer(name: str) -> None:
-    """Raise ConfigError unless `name` is an optimizer timm's factory knows (with the closest names)."""
-    import difflib
-
-    from timm.optim import list_optimizers
-
-    known = sorted(set(list_optimizers()) | {"momentum", "sgd", "nesterov"})
-    if name.lower() not in known:
-        close = difflib.get_close_matches(name.lower(), known, n=3)
-        hint = f"; closest: {', '.join(close)}" if close else ""
-        raise ConfigError(f"train.opt: unknown optimizer '{name}' (expected a timm optimizer name{hint})")
-
-
 def per_process_batch(global_batch: int, world_size: int) -> int:
     """Each process's share of the global `train.batch_size`.
 
@@ -140,11 +128,8 @@ def per_process_batch(global_batch: int, world_size: int) -> int:
 def precision(tc: Any, device: torch.device) -> str:
     """The arithmetic a run trains in: 'bf16'/'fp16' under autocast (train.amp on CUDA, train.cpu_amp on CPU), else
     'fp32' (the release's precision for search, CIFAR and ImageNet training)."""
-    if tc.amp and device.type == "cuda":
-        return "bf16" if tc.amp_dtype == "bfloat16" else "fp16"
-    if tc.cpu_amp and device.type == "cpu":
-        return "bf16"
-    return "fp32"
+    dtype = autocast_dtype(tc, device)
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def batch_deviation(tc: Any) -> str:
@@ -439,6 +424,7 @@ def run_train(
     try:
         tc = cfg.train
         deviation = batch_deviation(tc)
+        arith = precision(tc, rt.device)
         if deviation and rt.is_main:
             log.warning("DIFFERENT RECIPE: %s (recorded as tag bnas.batch_deviation)", deviation)
         if tc.threads > 0:
@@ -475,7 +461,7 @@ def run_train(
             "bnas.device": str(rt.device),
             "bnas.world_size": rt.world_size,
             "bnas.cost_policy": tc.cost_policy,
-            "bnas.precision": precision(tc, rt.device),
+            "bnas.precision": arith,
             "bnas.global_batch": tc.batch_size,
             "bnas.batch_deviation": deviation or "none",
         }
@@ -493,7 +479,7 @@ def run_train(
             run_name=f"{method}-s{tc.seed}-{stage}",
             experiment=f"{cfg.tracking.experiment_prefix}-{dataset}",
             tags=tags,
-            extra_metrics={**costs, "precision": precision(tc, rt.device), "global_batch": tc.batch_size},
+            extra_metrics={**costs, "precision": arith, "global_batch": tc.batch_size},
             progress=progress,
         )
         log.info("finished in %.1f s: val/top1 %.2f", time.perf_counter() - t0, metrics.get("val/top1", float("nan")))
