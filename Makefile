@@ -25,7 +25,7 @@ PAPER_SEARCHES := [{search: search, seed: 2, derive: "--gamma 1", retrain: bnas_
   {search: search_no_div, seed: 2, derive: "--gamma 1", retrain: ablation_no_div, train_seed: 0}, \
   {search: search_no_div, seed: 3, derive: "--gamma 1", retrain: ablation_no_div, train_seed: 1}]
 
-.PHONY: install repro repro-paper repro-imagenet bench test lint ui clean
+.PHONY: install repro repro-small repro-paper repro-imagenet bench test lint ui clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,9 +39,16 @@ install: $(VENV)/.installed
 repro: install
 	$(BIN)/dvc repro
 
-# The paper profile (GPUs): the paper's settings, 5 retraining seeds, 5 searches, as a DVC experiment.
+# The small profile (pipelines/small/dvc.yaml): 3 seeds of every row and every search, ~2 h on 2 CPU cores; its tables
+# and figures are the committed results/ (the quick profile's go to results/quick/).
+repro-small: install
+	$(BIN)/dvc repro pipelines/small/dvc.yaml
+
+# The paper profile (GPUs): the paper's settings and BNAS's CIFAR recipe for every row, 5 retraining seeds, 5 searches,
+# as a DVC experiment.
 repro-paper: install
 	$(BIN)/dvc exp run -S 'pipelines/params.yaml:profile=paper' \
+	  -S 'pipelines/params.yaml:pipeline.cifar_recipe=bnas_cifar_paper' \
 	  -S 'pipelines/params.yaml:pipeline.seeds=[0,1,2,3,4]' \
 	  -S 'pipelines/params.yaml:pipeline.searches=$(PAPER_SEARCHES)'
 

@@ -365,7 +365,7 @@ def _report_profile(profile: str | None, params: Path) -> str:
 
 
 @cli.command()
-@_report_options("results", "Folder for cifar10/imagenet/ablation .md, .csv and .tex.")
+@_report_options("results", "Folder for the cifar10/imagenet/ablation/searches tables (.md, .csv, .tex) and claims.")
 @click.option(
     "--tolerance",
     type=float,
@@ -373,13 +373,44 @@ def _report_profile(profile: str | None, params: Path) -> str:
     show_default=True,
     help="|ours - paper| (percentage points) within which a result counts as reproduced.",
 )
-def tables(runs: Path, reference: Path, out: Path, profile: str | None, params: Path, tolerance: float) -> None:
-    """Regenerate the CIFAR-10, ImageNet and ablation tables from the runs' metrics files (no MLflow needed)."""
+@click.option(
+    "--against",
+    "against_ref",
+    default=None,
+    metavar="DIR|git:REV",
+    help="Also compare these runs' tables, row by row (Welch, Holm), with a previous `bnas tables` output: a folder, "
+    "or git:REV for the tables committed at a revision (git:HEAD = this checkout's published tables). Writes "
+    "against.md/.csv to --out and prints the summary.",
+)
+def tables(
+    runs: Path,
+    reference: Path,
+    out: Path,
+    profile: str | None,
+    params: Path,
+    tolerance: float,
+    against_ref: str | None,
+) -> None:
+    """Regenerate the CIFAR-10, ImageNet, ablation, searches and claims tables from the runs' metrics files (no
+    MLflow needed)."""
     from harness.tables import build_tables, write_tables
 
     profile = _report_profile(profile, params)
+    committed = None
+    if against_ref is not None:  # read the reference first: --out may be the folder it names
+        from harness.against import read_tables
+
+        committed = read_tables(against_ref)
     for p in write_tables(build_tables(runs, reference, profile, tolerance), out):
         click.echo(str(p))
+    if committed is not None:
+        from harness.against import against_table, read_tables
+
+        t = against_table(read_tables(out), committed, against_ref)
+        for p in write_tables([t], out):
+            click.echo(str(p))
+        for note in t.notes[:1] + t.notes[2:]:
+            click.echo(note)
 
 
 @cli.command()
@@ -407,7 +438,7 @@ def figures(
         cfg = load_config(params)
         if cfg.tracking.enabled:
             click.echo(
-                f"MLflow pipeline run: {finish(runs, Path('results'), paths, profile, cfg.tracking.experiment_prefix)}"
+                f"MLflow pipeline run: {finish(runs, out.parent, paths, profile, cfg.tracking.experiment_prefix)}"
             )
 
 

@@ -117,6 +117,8 @@ class SearchConfig:
     tau: float = 7.7  # its decay: lambda * exp(-epoch / tau)
     no_zeroise: bool = False  # remove Zeroise from the search space ("No Zeroise")
     no_skip: bool = False  # remove the T_B skip connections ("No Skip")
+    space: Literal["bnas", "darts"] = "bnas"  # the ops: S_B (the paper's), or DARTS's with binarised separable convs
+    # (claim 6, "separable convs are detrimental"; needs supernet: reference)
     gamma: float = 3.0  # ImageNet transfer: Zeroise weights divided by gamma before deriving the ImageNet genotype
     train_subset: int = 0  # use this many images of each search split (stratified); 0 = all 25k + 25k
     seed: int = 2  # the release's search seed

@@ -89,7 +89,7 @@ def load_alphas(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, tuple[str
     Raises:
         DataError: unreadable, missing keys, wrong shape or non-finite values.
     """
-    from methods.bnas.genotypes import PRIMITIVES
+    from methods.bnas.genotypes import PRIMITIVES, SPACES
 
     path = Path(path)
     try:
@@ -106,16 +106,28 @@ def load_alphas(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, tuple[str
             t = torch.tensor(d[key], dtype=torch.float64)
         except (TypeError, ValueError) as e:
             raise DataError(f"{path}: {key}: expected a 14 x 7 nested list of numbers ({e})") from None
-        if t.dim() != 2 or t.shape[0] != 14 or t.shape[1] not in (6, 7):
-            raise DataError(f"{path}: {key}: expected 14 x 7 (or 14 x 6 without Zeroise), got {list(t.shape)}")
+        if t.dim() != 2 or t.shape[0] != 14 or t.shape[1] not in (6, 7, 8):
+            raise DataError(
+                f"{path}: {key}: expected 14 x K, K the ops of a search space (S_B: 7, or 6 without Zeroise; the "
+                f"DARTS space: 8 or 7), got {list(t.shape)}"
+            )
         if not torch.isfinite(t).all():
             raise DataError(f"{path}: {key}: non-finite values")
         out.append(t)
     if out[0].shape != out[1].shape:
         raise DataError(f"{path}: alphas_normal {list(out[0].shape)} and alphas_reduce {list(out[1].shape)} differ")
-    prims = PRIMITIVES if out[0].shape[1] == 7 else tuple(p for p in PRIMITIVES if p != "none")
-    if "primitives" in d and tuple(d["primitives"]) != prims:
-        raise DataError(f"{path}: primitives {d['primitives']} do not match the {out[0].shape[1]} columns ({prims})")
+    # the op columns: the file's `primitives` when it names a search space's ops (all, or all but Zeroise), else S_B's
+    spaces = [ops for space in SPACES.values() for ops in (space, tuple(p for p in space if p != "none"))]
+    if "primitives" in d:
+        prims = tuple(d["primitives"]) if isinstance(d["primitives"], list) else ()
+        if prims not in spaces:
+            raise DataError(
+                f"{path}: primitives {d['primitives']} are not the ops of a search space ({sorted(SPACES)})"
+            )
+    else:
+        prims = PRIMITIVES if out[0].shape[1] == 7 else tuple(p for p in PRIMITIVES if p != "none")
+    if len(prims) != out[0].shape[1]:
+        raise DataError(f"{path}: primitives {list(prims)} do not match the {out[0].shape[1]} columns")
     return out[0], out[1], prims
 
 
@@ -235,6 +247,7 @@ def run_search(
             num_classes=10,
             no_zeroise=sc.no_zeroise,
             skip=not sc.no_skip,
+            space=sc.space,
             impl=sc.supernet,
             official_fp_tail=sc.official_fp_tail,
             binary_preprocess=sc.official_stale_filter,

@@ -9,9 +9,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Summary", "summarize", "welch_p", "holm", "verdict", "VERDICTS"]
+__all__ = ["Summary", "summarize", "welch_p", "holm", "verdict", "VERDICTS", "claim_verdict", "CLAIM_VERDICTS"]
 
 VERDICTS = ("reproduced", "within noise", "below", "above", "not run", "no paper value")
+CLAIM_VERDICTS = ("direction reproduced", "contradicted", "inconclusive", "not run")
 
 
 @dataclass(frozen=True)
@@ -92,3 +93,18 @@ def verdict(paper: float | None, s: Summary, tolerance: float = 0.5) -> str:
     if s.n == 1 and abs(delta) <= tolerance:
         return "reproduced"
     return "below" if delta < 0 else "above"
+
+
+def claim_verdict(delta: float, p_adjusted: float, expected_sign: int = 1, alpha: float = 0.05) -> str:
+    """The verdict on a directional claim "A > B" (expected_sign +1) or "A < B" (-1) from our seeds.
+
+    - "not run": no difference could be measured (a side without runs; `delta` NaN).
+    - "direction reproduced": our difference A - B has the claimed sign and the (Holm-adjusted) p < alpha.
+    - "contradicted": the opposite sign with p < alpha.
+    - "inconclusive": otherwise (p >= alpha, or no p-value: fewer than 2 seeds on a side).
+    """
+    if math.isnan(delta):
+        return "not run"
+    if math.isnan(p_adjusted) or p_adjusted >= alpha or delta == 0:
+        return "inconclusive"
+    return "direction reproduced" if (delta > 0) == (expected_sign > 0) else "contradicted"

@@ -209,11 +209,38 @@ def test_derive_re_derives_a_genotype_from_saved_alphas(tmp_path):
     assert json.loads((tmp_path / "plain.json").read_text())["sha256"]
 
 
+def test_derive_reads_the_darts_space_from_the_primitives_of_the_alphas_file(tmp_path):
+    """An alphas file of a DARTS-space search (8 columns; 7 without Zeroise, the count of S_B) is derived over its own
+    ops, named by the file's `primitives`."""
+    import torch
+
+    from methods.bnas.genotypes import DARTS_PRIMITIVES, genotype_from_json
+    from methods.bnas.search import derive_genotype
+
+    torch.manual_seed(1)
+    for prims in (DARTS_PRIMITIVES, tuple(p for p in DARTS_PRIMITIVES if p != "none")):
+        an, ar = torch.randn(14, len(prims)), torch.randn(14, len(prims))
+        alphas = tmp_path / "alphas.json"
+        alphas.write_text(
+            json.dumps({"alphas_normal": an.tolist(), "alphas_reduce": ar.tolist(), "primitives": list(prims)})
+        )
+        res = CliRunner().invoke(cli, ["derive", "--alphas", str(alphas), "--out", str(tmp_path / "g.json")])
+        assert res.exit_code == 0, res.output
+        g = genotype_from_json(tmp_path / "g.json")
+        assert g == derive_genotype(an, ar, prims)
+        assert {op for op, _ in g.normal + g.reduce} <= set(prims)
+
+
 def test_derive_rejects_malformed_alphas_with_one_line(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"alphas_normal": [[0.0] * 7] * 13, "alphas_reduce": [[0.0] * 7] * 14}))
     err = _bad(["derive", "--alphas", str(bad), "--out", str(tmp_path / "g.json")], tmp_path)
-    assert "alphas_normal: expected 14 x 7" in err
+    assert "alphas_normal: expected 14 x K" in err
+    bad.write_text(
+        json.dumps({"alphas_normal": [[0.0] * 7] * 14, "alphas_reduce": [[0.0] * 7] * 14, "primitives": ["a"] * 7})
+    )
+    err = _bad(["derive", "--alphas", str(bad), "--out", str(tmp_path / "g.json")], tmp_path)
+    assert "are not the ops of a search space" in err
     assert not (tmp_path / "g.json").exists()
     err = _bad(["derive", "--alphas", str(tmp_path / "missing.json"), "--out", str(tmp_path / "g.json")], tmp_path)
     assert "missing.json" in err
@@ -331,7 +358,7 @@ def test_config_prints_every_value_with_its_layer():
     res = CliRunner().invoke(cli, ["config", "--params", PARAMS, "--recipe", "shared", "-S", "train.seed=3"])
     assert res.exit_code == 0, res.output
     lines = {ln.split()[0]: ln for ln in res.output.splitlines()}
-    assert lines["train.lr"].split()[1] == "0.0005" and lines["train.lr"].endswith("# recipe shared")
+    assert lines["train.lr"].split()[1] == "0.001" and lines["train.lr"].endswith("# recipe shared")
     assert lines["train.epochs"].endswith("# profile quick") and lines["train.seed"].endswith("# override")
     assert lines["train.amp"].split()[1] == "false" and lines["train.amp"].endswith("# default")
     res = CliRunner().invoke(cli, ["config", "--params", PARAMS, "--json"])  # a plain run: train.model's method

@@ -58,19 +58,30 @@ def test_every_declared_param_exists_in_the_schema_and_in_the_file():
 
 
 def test_every_method_the_pipeline_names_resolves():
-    """Each --method of a stage is a `methods` entry whose config (recipe, groups, both profiles) loads."""
+    """Each --method of a stage is a `methods` entry whose config (recipe, groups, every profile) loads; every CIFAR-10
+    row trains with the pipeline's one recipe, passed explicitly."""
     from harness.config import load_config
 
+    params_file = REPO / "pipelines" / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    checked = set()
     for st in _stages():
         argv = shlex.split(st.cmd)
         if "--method" not in argv:
             continue
         method = argv[argv.index("--method") + 1]
-        for profile in ("quick", "paper"):
-            cfg = load_config(REPO / "pipelines" / "params.yaml", {"profile": profile}, recipe="", method=method)
-            assert f"methods.{method}" in _params(st), f"{st.addressing}: does not declare methods.{method}"
-            if argv[1] == "train":
-                assert cfg.train.recipe == "bnas_cifar_paper", f"{st.addressing}: every CIFAR row shares one recipe"
+        assert f"methods.{method}" in _params(st), f"{st.addressing}: does not declare methods.{method}"
+        recipe = ""
+        if argv[1] == "train" and "data/cifar10" in argv:
+            recipe = argv[argv.index("--recipe") + 1]
+            assert recipe == params["pipeline"]["cifar_recipe"], st.addressing
+        if (method, recipe) in checked:
+            continue
+        checked.add((method, recipe))
+        for profile in ("quick", "small", "paper"):
+            cfg = load_config(params_file, {"profile": profile}, recipe=recipe, method=method)
+            if recipe:
+                assert cfg.train.recipe == recipe, f"{st.addressing}: every CIFAR row shares one recipe"
 
 
 def test_train_stages_output_metrics_and_plots_uncached_and_resume():
@@ -117,7 +128,7 @@ def _micro_copy(dst: Path, cifar_cache: Path, imagenette: Path) -> None:
         check=True,
     ).stdout.split()
     for f in files:
-        if f.startswith(("runs/", "results/figures/")) or f in ("dvc.lock",) or not (REPO / f).is_file():
+        if f.startswith(("runs/", "results/", "pipelines/small/")) or f in ("dvc.lock",) or not (REPO / f).is_file():
             continue
         (dst / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / f, dst / f)
@@ -134,6 +145,7 @@ def _micro_copy(dst: Path, cifar_cache: Path, imagenette: Path) -> None:
             entry["profiles"]["micro"] = entry["profiles"]["quick"]
     params["pipeline"] = {
         "retrain_cell": "best",
+        "cifar_recipe": "shared",
         "seeds": [0],
         "cifar_methods": ["bireal_resnet18_cifar"],
         "searches": [
@@ -144,6 +156,8 @@ def _micro_copy(dst: Path, cifar_cache: Path, imagenette: Path) -> None:
         "imagenet_seeds": [0],
     }
     (dst / "pipelines" / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (dst / "results").mkdir(exist_ok=True)
+    shutil.copy2(REPO / "results" / "reference.yaml", dst / "results" / "reference.yaml")
     shutil.copytree(cifar_cache, dst / "data" / "cifar10", ignore=shutil.ignore_patterns("raw"))
 
 
@@ -172,17 +186,20 @@ def test_micro_profile_dvc_repro_end_to_end(cifar_cache, data_root, tmp_path):
     run("dvc", "commit", "-f", "prepare")  # the prepared cache is already there: record it instead of re-reading PNGs
     out = run("dvc", "repro")
     assert "Running stage 'search@0'" in out and "Running stage 'figures'" in out
-    md = (repo / "results" / "cifar10.md").read_text()
+    md = (repo / "results" / "micro" / "cifar10.md").read_text()
     assert "Profile `micro`" in md and "bireal_resnet18_cifar" in md and "BNAS (cell searched by this pipeline)" in md
-    rows = list(csv.DictReader((repo / "results" / "cifar10.csv").read_text().splitlines()[1:]))
+    rows = list(csv.DictReader((repo / "results" / "micro" / "cifar10.csv").read_text().splitlines()[1:]))
     assert {r["run_folder"] for r in rows} == {"bireal_resnet18_cifar", "bnas_searched", ""}
     assert [r["verdict"] for r in rows if r["run_folder"] == ""] == ["not run"]  # BNAS-A: in the paper, not run here
     assert all(float(r["top1_mean"]) > 0 for r in rows if r["n"] != "0")
-    assert (repo / "results" / "ablation.tex").is_file()
-    im = {r["method"]: r for r in csv.DictReader((repo / "results" / "imagenet.csv").read_text().splitlines()[1:])}
+    assert (repo / "results" / "micro" / "ablation.tex").is_file()
+    im = {
+        r["method"]: r
+        for r in csv.DictReader((repo / "results" / "micro" / "imagenet.csv").read_text().splitlines()[1:])
+    }
     assert im["BNAS-D (BNAS-D)"]["n"] == "1" and im["BNAS-D (BNAS-D)"]["verdict"] == "below"
     assert im["BATS (BATS)"]["verdict"] == "not run"
-    figs = sorted(p.name for p in (repo / "results" / "figures").glob("*.png"))
+    figs = sorted(p.name for p in (repo / "results" / "micro" / "figures").glob("*.png"))
     assert {"accuracy_vs_ops.png", "learning_curves.png", "cells_search_seed2.png", "alphas_search_seed2.png"} <= set(
         figs
     )
@@ -210,3 +227,33 @@ def test_micro_profile_dvc_repro_end_to_end(cifar_cache, data_root, tmp_path):
     status = run("dvc", "status")
     stale = {ln.rstrip(":").strip() for ln in status.splitlines() if ln and not ln.startswith((" ", "\t"))}
     assert stale == {"train@bireal_resnet18_cifar-0"}, status
+
+
+def test_small_profile_has_three_seeds_of_every_row_and_every_search():
+    """The small pipeline (issue 15): >= 3 seeds of every CIFAR-10 row and of every search variant, each derived cell
+    retrained with its own train seed, all into runs/small/ and the committed results/; `make repro-small` runs it."""
+    from collections import Counter
+
+    params = yaml.safe_load((REPO / "pipelines" / "params.yaml").read_text())
+    small = params["pipeline"]["small"]
+    assert len(set(small["seeds"])) >= 3
+    variants = Counter(s["search"] for s in small["searches"])
+    assert set(variants) == {"search", "search_no_skip", "search_no_zeroise", "search_no_div", "search_darts_space"}
+    assert min(variants.values()) >= 3
+    for v in variants:
+        entries = [s for s in small["searches"] if s["search"] == v]
+        assert len({s["seed"] for s in entries}) == len(entries) and len({s["train_seed"] for s in entries}) == len(
+            entries
+        )
+    stages = [st for st in _stages() if st.path_in_repo.startswith("pipelines/small/")]
+    assert {st.addressing.split(":")[-1].split("@")[0] for st in stages} == {
+        "search", "derive", "retrain", "train", "tables", "figures"
+    }  # fmt: skip
+    for st in stages:
+        argv = shlex.split(st.cmd)
+        if argv[1] in ("train", "search"):
+            assert "profile=small" in argv and "--resume" in argv, st.addressing
+            assert argv[argv.index("--out") + 1].startswith("runs/small/"), st.addressing
+        # no trained weights among the outputs: a fresh clone holds every output these stages declare
+        assert not any(str(o).endswith(".pt") for o in st.outs), st.addressing
+    assert "dvc repro pipelines/small/dvc.yaml" in (REPO / "Makefile").read_text()

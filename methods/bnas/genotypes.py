@@ -1,6 +1,8 @@
-"""BNAS genotypes: the search space S_B's primitives and the published cells, as data.
+"""BNAS genotypes: the search spaces' primitives and the published cells, as data.
 
 Kim, Singh, Choi, "Learning Architectures for Binary Networks", ECCV 2020, arXiv 2002.06963 (bnas.md §2, §5.1).
+Two search spaces: the paper's S_B (`PRIMITIVES`) and the DARTS space with its convs binarised (`DARTS_PRIMITIVES`;
+Liu et al., "DARTS", ICLR 2019), to test the paper's claim that separable convs are detrimental to binary networks.
 A genotype lists, per intermediate node, two (operation, input) pairs; inputs 0 and 1 are the cell inputs c_{k-2} and
 c_{k-1}, inputs 2..5 the nodes 0..3. The cell output concatenates nodes 2..5.
 """
@@ -14,6 +16,9 @@ from typing import NamedTuple
 
 __all__ = [
     "PRIMITIVES",
+    "DARTS_PRIMITIVES",
+    "SPACES",
+    "ALL_PRIMITIVES",
     "Genotype",
     "GENOTYPES",
     "get_genotype",
@@ -34,6 +39,26 @@ PRIMITIVES: tuple[str, ...] = (
     "bin_conv_5x5",
 )
 
+# The DARTS space (Liu et al., ICLR 2019) in DARTS's order, its convs binarised as S_B's (methods.bnas.operations):
+# separable convs (twice depthwise -> pointwise), dilated separable convs (once), and skip_connect (identity; a binary
+# factorized reduction at stride 2).
+DARTS_PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "bin_sep_conv_3x3",
+    "bin_sep_conv_5x5",
+    "bin_dil_sep_conv_3x3",
+    "bin_dil_sep_conv_5x5",
+)
+
+# The search spaces by name (`SuperNet(space=...)`).
+SPACES: dict[str, tuple[str, ...]] = {"bnas": PRIMITIVES, "darts": DARTS_PRIMITIVES}
+
+# Every op of every space (S_B's order, then the other spaces' new ops): what a final network's genotype may use.
+ALL_PRIMITIVES: tuple[str, ...] = tuple(dict.fromkeys(p for space in SPACES.values() for p in space))
+
 
 class GenotypeError(ValueError):
     """A genotype is malformed (unknown op, bad input index, wrong length)."""
@@ -47,8 +72,8 @@ class Genotype(NamedTuple):
     reduce: tuple[tuple[str, int], ...]
     reduce_concat: tuple[int, ...]
 
-    def validate(self, primitives: tuple[str, ...] = PRIMITIVES) -> Genotype:
-        """Check ops, input indices and shape; returns self.
+    def validate(self, primitives: tuple[str, ...] = ALL_PRIMITIVES) -> Genotype:
+        """Check ops (by default: of any search space), input indices and shape; returns self.
 
         Raises:
             GenotypeError: naming the cell, the position and what was expected.

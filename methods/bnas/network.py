@@ -12,6 +12,11 @@ feeds Zeroise is not run (its output is unused, so the network's output is uncha
 Real (full precision): stem convs, the reduction cells' residual 2x2 convs, the classifier. Binary: every cell conv
 (preprocessing and ops) with XNOR weights (centred, clamped, alpha*sign, BNAS gradient rescale) on sign() inputs.
 
+Genotypes may use the ops of any search space (:data:`methods.bnas.genotypes.SPACES`): S_B's, or the binarised DARTS
+space's (separable and dilated separable convs, whose depthwise convs are binary too; skip_connect, a real identity
+at stride 1 and a binary factorized reduction at stride 2). As in DARTS (Liu et al., ICLR 2019), drop-path is not
+applied to identity ops.
+
 Release switches (bnas.md §8): `official_fp_tail=True` leaves the last two cell convs with FP weights (the BinOp index
 bug at HEAD; their inputs stay binary); `binary_res_weights=True` binarises the residual convs' weights (their input
 stays real), as the first release did — the convention the published BNAS FLOPs assume.
@@ -93,7 +98,7 @@ class BnasCell(nn.Module):
                 if self.op_names[k] == "none" or states[j] is None:  # Zeroise, or an all-zero node
                     continue
                 h = self.ops[k](states[j])
-                if self.training and drop_prob > 0:
+                if self.training and drop_prob > 0 and not isinstance(self.ops[k], nn.Identity):
                     h = drop_path(h, drop_prob, True)
                 acc = h if acc is None else acc + h
             states.append(acc)

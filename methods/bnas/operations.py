@@ -1,7 +1,15 @@
-"""The candidate operations of S_B as used in the final (discrete) BNAS networks (bnas.md §1.3, §2).
+"""The candidate operations of the BNAS search spaces as used in the final (discrete) networks (bnas.md §1.3, §2).
+
+Kim, Singh, Choi, "Learning Architectures for Binary Networks", ECCV 2020, arXiv 2002.06963.
 
 Binary ops are BatchNorm -> sign -> conv with XNOR-binarised weights -> ReLU (XNOR-Net's block order plus a ReLU;
 no BN after the conv). Pools carry no BN in the final networks. Zeroise outputs zeros of the right shape.
+
+S_B (the paper's space) has Zeroise, two pools and four binary convs. The DARTS space (Liu et al., "DARTS", ICLR 2019)
+is also available with its convs binarised in the same way (the paper argues that separable convs are detrimental to
+binary networks; this space tests that claim): `bin_sep_conv_*` (DARTS SepConv), `bin_dil_sep_conv_*` (DARTS DilConv)
+and `skip_connect`. Every conv of these ops is binary (its own BN -> sign on its input, XNOR weights, ReLU after);
+the depthwise convs use :class:`DepthwiseXnorWeight` (no centring, see there).
 """
 
 from __future__ import annotations
@@ -9,11 +17,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from methods.binary import BinaryConv2d, XnorWeight
 
-__all__ = ["OPS", "BinConvBlock", "Zeroise", "xnor_weight_quantizer"]
+__all__ = [
+    "OPS",
+    "BinConvBlock",
+    "BinDilSepConv",
+    "BinFactorizedReduce",
+    "BinSepConv",
+    "DepthwiseXnorWeight",
+    "Zeroise",
+    "depthwise_xnor_weight_quantizer",
+    "xnor_weight_quantizer",
+]
 
 
 def xnor_weight_quantizer() -> nn.Module:
@@ -21,14 +40,62 @@ def xnor_weight_quantizer() -> nn.Module:
     return XnorWeight(center=True, clamp=True, grad="xnor_rescale")
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the gradient times a constant."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return g * ctx.factor, None
+
+
+class DepthwiseXnorWeight(XnorWeight):
+    """XNOR weights for a conv with one input channel per filter (depthwise, weight shape (C, 1, k, k)).
+
+    The release's recipe (:func:`xnor_weight_quantizer`) degenerates there: centring over the single input channel
+    sets every latent weight to 0, and its gradient rescale n * (1 - 1/C_in) is 0. This one clamps to [-1, 1] without
+    centring, binarises to alpha * sign(W) (alpha = mean |W| over the k x k filter) and scales the exact gradient by
+    n = k * k: the release's rescale without its centring factor. (A project choice; the release has no depthwise
+    binary convs.) Its `grad` is "exact", so the release-order gradient clip treats these weights as un-rescaled.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(center=False, clamp=True, grad="exact")
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return _ScaleGrad.apply(super().forward(w), float(w[0].numel()))
+
+
+def depthwise_xnor_weight_quantizer() -> nn.Module:
+    """:class:`DepthwiseXnorWeight`: the XNOR binarisation of depthwise convs."""
+    return DepthwiseXnorWeight()
+
+
 class BinConvBlock(nn.Module):
-    """BN(C_in) -> sign -> conv (binary XNOR weights, no bias) -> ReLU (the release's BinReLUConvBN/BinDilConv)."""
+    """BN(C_in) -> sign -> conv (binary XNOR weights, no bias) -> ReLU (the release's BinReLUConvBN/BinDilConv).
+
+    `groups` = C_in (= C_out) makes it a binary depthwise conv (with :class:`DepthwiseXnorWeight`); it stays on the
+    float conv path (the int8 CPU forward is for groups = 1).
+    """
 
     def __init__(
-        self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, dilation: int = 1, affine: bool = True
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int,
+        stride: int,
+        padding: int,
+        dilation: int = 1,
+        affine: bool = True,
+        groups: int = 1,
     ) -> None:
         super().__init__()
         self.bn = nn.BatchNorm2d(c_in, affine=affine)
+        depthwise = c_in // groups == 1
         self.conv = BinaryConv2d(
             c_in,
             c_out,
@@ -36,13 +103,75 @@ class BinConvBlock(nn.Module):
             stride,
             padding,
             dilation,
+            groups,
             bias=False,
             input_quantizer="ste_sign",
-            weight_quantizer=xnor_weight_quantizer(),
+            weight_quantizer=depthwise_xnor_weight_quantizer() if depthwise else xnor_weight_quantizer(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.bn(x), relu=True)
+
+
+class BinSepConv(nn.Sequential):
+    """DARTS's SepConv binarised: (depthwise k x k, stride s -> pointwise 1x1), then the same again with stride 1.
+
+    Each of the four convs is a :class:`BinConvBlock` (BN -> sign -> XNOR conv -> ReLU), where DARTS has
+    ReLU -> depthwise -> pointwise -> BN twice (Liu et al., ICLR 2019). Real: the BNs and the ReLUs.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True) -> None:
+        super().__init__(
+            BinConvBlock(c_in, c_in, kernel, stride, padding, 1, affine, groups=c_in),
+            BinConvBlock(c_in, c_in, 1, 1, 0, 1, affine),
+            BinConvBlock(c_in, c_in, kernel, 1, padding, 1, affine, groups=c_in),
+            BinConvBlock(c_in, c_out, 1, 1, 0, 1, affine),
+        )
+
+
+class BinDilSepConv(nn.Sequential):
+    """DARTS's DilConv binarised: depthwise k x k with dilation 2 (stride s) -> pointwise 1x1, each a
+    :class:`BinConvBlock` (DARTS: ReLU -> depthwise -> pointwise -> BN). Real: the BNs and the ReLUs."""
+
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, dilation: int = 2, affine: bool = True
+    ) -> None:
+        super().__init__(
+            BinConvBlock(c_in, c_in, kernel, stride, padding, dilation, affine, groups=c_in),
+            BinConvBlock(c_in, c_out, 1, 1, 0, 1, affine),
+        )
+
+
+class BinFactorizedReduce(nn.Module):
+    """DARTS's FactorizedReduce binarised (skip_connect at stride 2): BN(C_in) -> sign, two 1x1 stride-2 XNOR convs
+    (C_out / 2 filters each) on it and on it shifted by one pixel (x[:, :, 1:, 1:]), concatenated -> ReLU.
+
+    DARTS has ReLU -> the two real convs -> concat -> BN. Real: the input BN and the ReLU. For an odd input size the
+    shifted conv's output is padded with zeros at the bottom/right (= zero-padding its binary input, the convs'
+    padding convention), so both halves have the ceil(H / 2) x ceil(W / 2) shape of the other stride-2 ops.
+    """
+
+    def __init__(self, c_in: int, c_out: int, affine: bool = True) -> None:
+        super().__init__()
+        if c_out % 2:
+            raise ValueError(f"BinFactorizedReduce needs an even number of output channels, got {c_out}")
+        self.bn = nn.BatchNorm2d(c_in, affine=affine)
+        q = {"bias": False, "input_quantizer": "ste_sign"}
+        self.conv_1 = BinaryConv2d(c_in, c_out // 2, 1, 2, 0, weight_quantizer=xnor_weight_quantizer(), **q)
+        self.conv_2 = BinaryConv2d(c_in, c_out // 2, 1, 2, 0, weight_quantizer=xnor_weight_quantizer(), **q)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.bn(x)
+        a = self.conv_1(h, relu=True)
+        b = self.conv_2(h[:, :, 1:, 1:], relu=True)
+        if b.shape[2:] != a.shape[2:]:
+            b = F.pad(b, (0, a.shape[3] - b.shape[3], 0, a.shape[2] - b.shape[2]))
+        return torch.cat([a, b], dim=1)
+
+
+def skip_connect(c: int, stride: int, affine: bool) -> nn.Module:
+    """DARTS's skip_connect: the identity (real) at stride 1, :class:`BinFactorizedReduce` at stride 2."""
+    return nn.Identity() if stride == 1 else BinFactorizedReduce(c, c, affine)
 
 
 class Zeroise(nn.Module):
@@ -68,4 +197,10 @@ OPS: dict[str, OpFactory] = {
     "bin_dil_conv_5x5": lambda c, stride, affine: BinConvBlock(c, c, 5, stride, 4, 2, affine),
     "bin_conv_3x3": lambda c, stride, affine: BinConvBlock(c, c, 3, stride, 1, 1, affine),
     "bin_conv_5x5": lambda c, stride, affine: BinConvBlock(c, c, 5, stride, 2, 1, affine),
+    # the DARTS space, binarised (Liu et al., ICLR 2019)
+    "skip_connect": skip_connect,
+    "bin_sep_conv_3x3": lambda c, stride, affine: BinSepConv(c, c, 3, stride, 1, affine),
+    "bin_sep_conv_5x5": lambda c, stride, affine: BinSepConv(c, c, 5, stride, 2, affine),
+    "bin_dil_sep_conv_3x3": lambda c, stride, affine: BinDilSepConv(c, c, 3, stride, 2, 2, affine),
+    "bin_dil_sep_conv_5x5": lambda c, stride, affine: BinDilSepConv(c, c, 5, stride, 4, 2, affine),
 }

@@ -1,23 +1,28 @@
-"""The BNAS search supernet: a softmax-weighted MixedOp over S_B on every edge, alphas shared per cell type.
+"""The BNAS search supernet: a softmax-weighted MixedOp over the search space on every edge, alphas shared per cell
+type.
 
 Kim, Singh, Choi, "Learning Architectures for Binary Networks", ECCV 2020, arXiv 2002.06963 (bnas.md §3-4).
 
-Search-time ops: Zeroise; max/avg pool 3x3 each followed by BN(affine=False); binary convs BN(affine=False) -> sign ->
-conv (XNOR weights) -> ReLU. Preprocessing is full precision (BN -> conv -> ReLU, affine=False). The T_B skip is present
-as in the final networks (`skip=False` removes it).
+Search spaces (`space`, :data:`methods.bnas.genotypes.SPACES`): "bnas" (S_B, the paper's) or "darts" (the DARTS space
+with binarised convs, Liu et al., ICLR 2019; reference implementation only). Search-time ops: Zeroise; max/avg pool 3x3
+each followed by BN(affine=False); every other op is its final-network op (methods.bnas.operations) with
+BN(affine=False): binary convs BN -> sign -> conv (XNOR weights) -> ReLU, the DARTS space's separable convs chains of
+those, skip_connect the identity (a binary factorized reduction at stride 2). Preprocessing is full precision
+(BN -> conv -> ReLU, affine=False). The T_B skip is present as in the final networks (`skip=False` removes it).
 
 Two cell implementations of the same math:
 - `impl="reference"` (:class:`SearchCell`): every op of every edge computed on its own, as the release does, except
-  that Zeroise is not computed (its output is zero; the alpha gradients still flow through the softmax).
+  that Zeroise is not computed (its output is zero; the alpha gradients still flow through the softmax). Any space.
 - `impl="shared"` (:class:`methods.bnas.supernet_shared.SharedSearchCell`, the default of `bnas search`): BN+sign and
   each pool+BN computed once per input state, one conv call per (input state, kernel type) with the weights of all
   edges that read the state grouped along the output channels (search_performance.md techniques 1-3). The tests check
   that outputs, losses and the gradients of weights and alphas equal the reference's (float64, power-of-two scale).
+  S_B only (its grouping is specialised for single-conv ops and pools).
 
 Release switches (bnas.md §8):
 - `official_fp_tail`: the BinOp index bug leaves the last N convs in module order with FP weights, N = the number of
   preprocess and res convs (18 at the paper configuration: nearly all convs on the edges into node 3 of the last cell);
-  their inputs stay binary.
+  their inputs stay binary. S_B only.
 - `binary_preprocess`: the first release's stale-name filter binarised the weights of the preprocess convs and of the
   reduction cells' res convs in the search network (inputs stay real).
 """
@@ -34,8 +39,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from methods.binary import BinaryConv2d, XnorWeight
-from methods.bnas.genotypes import PRIMITIVES
-from methods.bnas.operations import BinConvBlock, xnor_weight_quantizer
+from methods.bnas.genotypes import PRIMITIVES, SPACES
+from methods.bnas.operations import OPS, BinConvBlock, xnor_weight_quantizer
 
 __all__ = [
     "CONV_OPS",
@@ -62,7 +67,13 @@ def edge_index(node: int, state: int) -> int:
 
 
 def conv_geometry(name: str) -> tuple[int, int, int]:
-    """(kernel, dilation, padding) of a binary conv op of S_B."""
+    """(kernel, dilation, padding) of a binary conv op of S_B (one of `CONV_OPS`).
+
+    Raises:
+        ValueError: not a single-conv op of S_B.
+    """
+    if name not in CONV_OPS:
+        raise ValueError(f"conv_geometry: {name!r} is not a single-conv op of S_B ({', '.join(CONV_OPS)})")
     k, dil = (3 if name.endswith("3x3") else 5), (2 if "dil" in name else 1)
     return k, dil, dil * (k - 1) // 2
 
@@ -91,14 +102,20 @@ class FPConvBlock(nn.Module):
 
 
 def _search_op(name: str, c: int, stride: int) -> nn.Module | None:
+    """The search-time op: None for Zeroise (not computed), pools followed by BN(affine=False) (DARTS, the release),
+    every other op its final-network op with BN(affine=False)."""
     if name == "none":
         return None  # Zeroise: contributes zeros, not computed
     if name == "max_pool_3x3":
         return nn.Sequential(nn.MaxPool2d(3, stride, 1), nn.BatchNorm2d(c, affine=False))
     if name == "avg_pool_3x3":
         return nn.Sequential(nn.AvgPool2d(3, stride, 1, count_include_pad=False), nn.BatchNorm2d(c, affine=False))
-    k, dil, pad = conv_geometry(name)
-    return BinConvBlock(c, c, k, stride, pad, dil, affine=False)
+    if name in CONV_OPS:
+        k, dil, pad = conv_geometry(name)
+        return BinConvBlock(c, c, k, stride, pad, dil, affine=False)
+    if name not in OPS:
+        raise ValueError(f"unknown search op {name!r}; expected one of {', '.join(OPS)}")
+    return OPS[name](c, stride, False)
 
 
 class MixedOp(nn.Module):
@@ -128,7 +145,9 @@ class MixedOp(nn.Module):
         return self.ops[self.op_index.index(self.primitives.index(name))]
 
     def conv(self, name: str) -> BinaryConv2d:
-        """The binary conv of op `name` on this edge."""
+        """The binary conv of op `name` on this edge (a single-conv op of S_B, `CONV_OPS`)."""
+        if name not in CONV_OPS:
+            raise ValueError(f"op {name!r} has no single conv; expected one of {', '.join(CONV_OPS)}")
         return self.op(name).conv
 
 
@@ -209,11 +228,17 @@ class SuperNet(nn.Module):
         layers: number of cells.
         no_zeroise: remove Zeroise from the search space (the "No Zeroise" ablation).
         skip: keep the T_B skip connections (False: "No Skip").
-        impl: "shared" (BN+sign and pools once per input state, grouped convs) or "reference" (per-op).
-        official_fp_tail: release BinOp index bug: the last N convs keep FP weights (module docstring).
+        impl: "shared" (BN+sign and pools once per input state, grouped convs; space "bnas" only) or "reference"
+            (per-op).
+        official_fp_tail: release BinOp index bug: the last N convs keep FP weights (module docstring; "bnas" only).
         binary_preprocess: first-release stale-name filter: preprocess and res conv weights binarised.
         activation_checkpointing: keep only each cell's inputs for backward and recompute the cell there (less memory,
             about one more forward of time); BN running statistics are updated once, as without it.
+        space: the search space, a key of :data:`methods.bnas.genotypes.SPACES` ("bnas": S_B, 14 x 7 alphas;
+            "darts": the binarised DARTS space, 14 x 8).
+
+    Raises:
+        ValueError: unknown `space` or `impl`; `impl="shared"` or `official_fp_tail` with a space other than "bnas".
     """
 
     def __init__(
@@ -229,9 +254,23 @@ class SuperNet(nn.Module):
         official_fp_tail: bool = False,
         binary_preprocess: bool = False,
         activation_checkpointing: bool = False,
+        space: str = "bnas",
     ) -> None:
         super().__init__()
+        if space not in SPACES:
+            raise ValueError(f"unknown search space {space!r}; expected one of {', '.join(map(repr, SPACES))}")
+        if space != "bnas" and impl == "shared":
+            raise ValueError(
+                f"impl='shared' supports only the 'bnas' search space (its grouped convs are specialised for S_B); "
+                f"use impl='reference' for space {space!r}"
+            )
+        if space != "bnas" and official_fp_tail:
+            raise ValueError(
+                f"official_fp_tail emulates the release's BinOp index bug over S_B's module order; "
+                f"it is not defined for space {space!r}"
+            )
         self.activation_checkpointing = activation_checkpointing
+        self.space = space
         if impl == "shared":
             from methods.bnas.supernet_shared import SharedSearchCell
 
@@ -241,7 +280,7 @@ class SuperNet(nn.Module):
         else:
             raise ValueError(f"impl must be 'shared' or 'reference', got {impl!r}")
         self.impl = impl
-        self.primitives = tuple(p for p in PRIMITIVES if not (no_zeroise and p == "none"))
+        self.primitives = tuple(p for p in SPACES[space] if not (no_zeroise and p == "none"))
         self.steps = steps
         c = init_channels
         c_curr = stem_multiplier * c
@@ -346,7 +385,12 @@ def release_fp_tail(net: SuperNet) -> list[tuple[int, int, str]]:
     """The convs the release's BinOp leaves FP in the search net: the last N in module order, N = the number of
     preprocess and res convs (bnas.md §8.1). Module order per cell: preprocess0, preprocess1, res (if any), then the
     edges in DARTS order with their conv ops in PRIMITIVES order. Returns (cell, edge, op) of the op convs among them.
+
+    Raises:
+        ValueError: the supernet has ops outside S_B (their convs would be missed).
     """
+    if extra := [p for p in net.primitives if p not in PRIMITIVES]:
+        raise ValueError(f"release_fp_tail is defined for S_B only; this supernet has ops {extra}")
     order: list[tuple[int, int, str] | None] = []
     n_excluded = 0
     conv_ops = [p for p in net.primitives if p in CONV_OPS]

@@ -161,6 +161,9 @@ def _edges(t: torch.Tensor, n_edges: int) -> torch.Tensor:
     return t.view(t.shape[0], n_edges, t.shape[1] // n_edges, t.shape[2], t.shape[3])
 
 
+_POOLS = ("max_pool_3x3", "avg_pool_3x3")
+
+
 class StateOps(nn.Module):
     """Every candidate op on the edges that leave one input state, for all those edges at once.
 
@@ -168,7 +171,10 @@ class StateOps(nn.Module):
         c: channels.
         stride: stride of these edges.
         n_edges: how many edges leave the state.
-        primitives: the search space (column order of the mixing weights).
+        primitives: the search space (column order of the mixing weights): ops of S_B only.
+
+    Raises:
+        ValueError: an op outside S_B (the darts space needs the reference cell).
     """
 
     # one autograd node for convs + mixing (_MixedConvs) on CPU; CUDA, autocast and torch.compile take the op path
@@ -176,6 +182,10 @@ class StateOps(nn.Module):
 
     def __init__(self, c: int, stride: int, n_edges: int, primitives: tuple[str, ...]) -> None:
         super().__init__()
+        if extra := [p for p in primitives if p not in (*CONV_OPS, *_POOLS, "none")]:
+            raise ValueError(
+                f"the shared search cell supports only S_B's ops; {extra} need impl='reference' (SuperNet)"
+            )
         self.c, self.n_edges = c, n_edges
         conv_ops = [p for p in primitives if p in CONV_OPS]
         self.bn = nn.BatchNorm2d(c, affine=False) if conv_ops else None

@@ -211,7 +211,7 @@ def test_the_quick_profile_keeps_the_recipe_asked_for():
     """Issue 14: `--recipe shared` under the quick profile trains with the recipe's lr, not a profile's."""
     params = REPO / "pipelines" / "params.yaml"
     shared = load_config(params, recipe="shared").train
-    assert (shared.lr, shared.opt, shared.sched, shared.epochs) == (0.0005, "adam", "linear", 2)
+    assert (shared.lr, shared.opt, shared.sched, shared.epochs) == (0.001, "adam", "linear", 2)
     # a method that lowers its lr at small scale says so in its own entry
     assert load_config(params, method="bnas_a").train.lr == 0.01
     assert load_config(params, {"profile": "paper"}, method="bnas_a").train.lr == 0.05
