@@ -1,7 +1,8 @@
 """`bnas tables --against REF`: does a re-run reproduce the committed tables of this harness, row by row?
 
-REF is a folder holding a previous `bnas tables` output, or `git:<rev>` for the tables committed at a git revision
-(`git:HEAD`: the published tables of this checkout). Every row that has per-seed values on both sides (CIFAR-10,
+REF is a folder holding a previous `bnas tables` output, or `git:<rev>[:<folder>]` for the tables committed at a git
+revision (`git:HEAD`: the published tables of this checkout, results/; `git:HEAD:results/quick`: the quick
+profile's). Every row that has per-seed values on both sides (CIFAR-10,
 ImageNet and ablation rows, the two sides of each claim) is compared: both means, the difference, a two-sided Welch
 p-value of the re-run's seeds against the committed seeds, Holm-corrected over the rows, and the verdict of the
 claims' rule (:func:`harness.stats.claim_verdict` with no expected direction): **same** (p >= 0.05, or identical
@@ -32,8 +33,8 @@ def _parse_csv(text: str) -> list[dict[str, str]]:
 
 
 def read_tables(ref: str | Path, results: str = "results") -> dict[str, list[dict[str, str]]]:
-    """The CSV twins of a `bnas tables` output: from a folder, or from `git:<rev>` (the files under `results/` at
-    that revision). A table missing on that side is an empty list.
+    """The CSV twins of a `bnas tables` output: from a folder, or from `git:<rev>[:<folder>]` (the files under
+    `<folder>`, default `results`, at that revision). A table missing on that side is an empty list.
 
     Raises:
         DataError: the folder does not exist, or git cannot read the revision.
@@ -41,7 +42,8 @@ def read_tables(ref: str | Path, results: str = "results") -> dict[str, list[dic
     out: dict[str, list[dict[str, str]]] = {}
     ref = str(ref)
     if ref.startswith("git:"):
-        rev = ref.removeprefix("git:") or "HEAD"
+        rev, _, folder = ref.removeprefix("git:").partition(":")
+        rev, results = rev or "HEAD", folder.strip("/") or results
         try:
             subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], check=True, capture_output=True)
         except (OSError, subprocess.CalledProcessError):

@@ -377,10 +377,10 @@ def _report_profile(profile: str | None, params: Path) -> str:
     "--against",
     "against_ref",
     default=None,
-    metavar="DIR|git:REV",
+    metavar="DIR|git:REV[:FOLDER]",
     help="Also compare these runs' tables, row by row (Welch, Holm), with a previous `bnas tables` output: a folder, "
-    "or git:REV for the tables committed at a revision (git:HEAD = this checkout's published tables). Writes "
-    "against.md/.csv to --out and prints the summary.",
+    "or git:REV[:FOLDER] for the tables committed at a revision (git:HEAD = this checkout's published tables in "
+    "results/; git:HEAD:results/quick = the quick profile's). Writes against.md/.csv to --out and prints the summary.",
 )
 def tables(
     runs: Path,

@@ -199,6 +199,8 @@ def test_against_reads_committed_tables_from_git(tmp_path):
         committed = read_tables("git:HEAD")
         t = against_table(read_tables(repo / "results"), committed, "git:HEAD")
         assert {r["verdict"] for r in t.raw} == {"identical"}
+        moved = read_tables("git:HEAD:results")  # an explicit folder
+        assert moved == committed and read_tables("git:HEAD:nowhere")["cifar10.csv"] == []
         with pytest.raises(DataError, match="not a git revision"):
             read_tables("git:no-such-rev")
     finally:
