@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from harness.search_results import SEARCH_VARIANTS, SearchRun, binary_conv_share, collect_searches, early_epochs
+from harness.search_results import SEARCH_VARIANTS, SearchRun, binary_conv_share, early_epochs
 from harness.stats import Summary, claim_verdict, holm, summarize, welch_p
-from harness.tables import MethodRuns, Table, collect_runs, read_reference
+from harness.tables import MethodRuns, Table
 
 __all__ = ["Claim", "build_claims", "claims_table", "BASELINES"]
 
@@ -73,10 +72,11 @@ def _early_share(run: SearchRun) -> float:
     return 100.0 * sum(binary_conv_share(run.epoch_genotypes[e]) for e in epochs) / len(epochs) if epochs else math.nan
 
 
-def build_claims(runs_root: str | Path, reference: str | Path) -> list[Claim]:
-    """The poster's claims, each with our seeds for both sides (empty where nothing was run)."""
-    ref = read_reference(reference)
-    cifar = collect_runs(runs_root, "cifar10")
+def build_claims(
+    ref: dict[str, Any], cifar: dict[str, MethodRuns], searches: dict[str, list[SearchRun]]
+) -> list[Claim]:
+    """The poster's claims, each with our seeds for both sides (empty where nothing was run), from the reference
+    numbers, the CIFAR-10 runs (:func:`harness.tables.collect_runs`) and the searches (:func:`collect_searches`)."""
     full_name = SEARCH_VARIANTS["full"][1]
     full = _top1(cifar, full_name)
     claims = []
@@ -126,7 +126,6 @@ def build_claims(runs_root: str | Path, reference: str | Path) -> list[Claim]:
                 note=note,
             )
         )
-    searches = collect_searches(runs_root, "cifar10")
     full_s = searches.get(SEARCH_VARIANTS["full"][0], [])
     nodiv_s = searches.get(SEARCH_VARIANTS["no_div"][0], [])
     early = sorted({e for r in full_s for e in early_epochs(r)})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,12 +116,7 @@ def alpha_spread(alphas: dict[str, Any]) -> float:
     """How far a search moved its alphas: the standard deviation of alpha over the ops of each edge, averaged over the
     edges of both cells. Searches start at 1e-3 N(0, 1) (spread ~1e-3); the entropy, quadratic in the deviations, hides
     moves of this size, the spread does not."""
-    rows = [r for key in ("alphas_normal", "alphas_reduce") for r in alphas[key]]
-    stds = []
-    for r in rows:
-        m = sum(r) / len(r)
-        stds.append(math.sqrt(sum((x - m) ** 2 for x in r) / (len(r) - 1)))
-    return sum(stds) / len(stds)
+    return statistics.fmean(statistics.stdev(r) for key in ("alphas_normal", "alphas_reduce") for r in alphas[key])
 
 
 def binary_conv_share(genotype: dict[str, Any]) -> float:

@@ -374,7 +374,7 @@ def build_tables(
     searches = collect_searches(runs_root, "cifar10")
     tables.append(_ablation_table(cifar, searches, ref.get("cifar10_ablation", []), notes))
     tables.append(_searches_table(searches, notes))
-    tables.append(claims_table(build_claims(runs_root, reference), profile))
+    tables.append(claims_table(build_claims(ref, cifar, searches), profile))
     return tables
 
 
