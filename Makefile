@@ -1,4 +1,4 @@
-# Two entry points (README "Quick start"): `make repro` (set up + run the pipeline) and `make test`.
+# Two entry points (README "Two commands"): `make repro` (set up + run the pipeline) and `make test`.
 # Both create or reuse .venv; `bnas` is then .venv/bin/bnas.
 PYTHON ?= python3
 VENV   := .venv
@@ -25,13 +25,16 @@ PAPER_SEARCHES := [{search: search, seed: 2, derive: "--gamma 1", retrain: bnas_
   {search: search_no_div, seed: 2, derive: "--gamma 1", retrain: ablation_no_div, train_seed: 0}, \
   {search: search_no_div, seed: 3, derive: "--gamma 1", retrain: ablation_no_div, train_seed: 1}]
 
-.PHONY: install repro repro-small repro-paper repro-imagenet bench test lint ui clean
+.PHONY: install repro repro-small repro-paper repro-imagenet bench test test-views lint ui plots exp clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch, torchvision, timm and the rest in ONE pip command, pinned by constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# `dvc plots show` renders offline: this checkout's DVC config points at a page template with vega inlined
+	$(BIN)/bnas plots --template-only .dvc/tmp/plots_offline.html
+	$(BIN)/dvc config --local plots.html_template tmp/plots_offline.html
 	touch $@
 
 install: $(VENV)/.installed
@@ -66,12 +69,26 @@ test: install
 	$(BIN)/ruff check harness methods tests
 	$(BIN)/python -m pytest
 
+# The views as a person sees them: the MLflow UI and the `dvc plots show` page rendered in headless Chromium
+# (Debian: `apt-get install chromium`), screenshots in $(VIEWS_OUT).
+VIEWS_OUT ?= $(CURDIR)/views
+test-views: install
+	BNAS_VIEWS_OUT=$(VIEWS_OUT) $(BIN)/python -m pytest -m browser tests/test_views.py
+
 lint: install
 	$(BIN)/ruff check harness methods tests
 	$(BIN)/ruff format --check harness methods tests
 
 ui: install
 	$(BIN)/bnas ui
+
+# Training and search curves, each table's rows seed by seed: dvc_plots/index.html (no network needed)
+plots: install
+	$(BIN)/bnas plots
+
+# The experiments, one row per run (dvc exp show has one column per run and metric)
+exp: install
+	$(BIN)/bnas exp
 
 clean:
 	rm -rf $(VENV) .pytest_cache

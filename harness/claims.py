@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.search_results import SEARCH_VARIANTS, SearchRun, binary_conv_share, early_epochs
-from harness.stats import Summary, claim_verdict, holm, summarize, welch_p
+from harness.stats import Summary, claim_verdict, holm, summarize, welch_detectable, welch_p
 from harness.tables import MethodRuns, Table
 
 __all__ = ["Claim", "build_claims", "claims_table", "BASELINES"]
@@ -165,6 +165,7 @@ CLAIM_COLUMNS = [
     "A: ours (mean ± std, n, 95% CI)",
     "B: ours (mean ± std, n, 95% CI)",
     "Δ (A − B)",
+    "Δ detectable (p < 0.05)",
     "p (Welch)",
     "p (Holm)",
     "Verdict",
@@ -190,6 +191,7 @@ def claims_table(claims: list[Claim], profile: str) -> Table:
     for c, p, pa in zip(claims, pvals, adjusted, strict=True):
         sa, sb = summarize(c.a), summarize(c.b)
         v = claim_verdict(c.delta, pa)
+        mdd = welch_detectable(c.a, c.b)
         rows.append(
             [
                 c.id,
@@ -198,6 +200,7 @@ def claims_table(claims: list[Claim], profile: str) -> Table:
                 _side(c.a_label, sa),
                 _side(c.b_label, sb),
                 "—" if math.isnan(c.delta) else f"{c.delta:+.2f} ({c.unit})",
+                "—" if math.isnan(mdd) else f"±{mdd:.2f}",
                 _pfmt(p),
                 _pfmt(pa),
                 f"**{v}**",
@@ -225,6 +228,7 @@ def claims_table(claims: list[Claim], profile: str) -> Table:
                 "b_ci_hi": sb.ci_hi,
                 "b_values": " ".join(f"{x:.4f}" for x in c.b),
                 "delta": c.delta,
+                "delta_detectable": mdd,
                 "p_welch": p,
                 "p_holm": pa,
                 "verdict": v,
@@ -235,7 +239,9 @@ def claims_table(claims: list[Claim], profile: str) -> Table:
         f"Profile `{profile}`. Each claim compares two sets of this harness's seeds (A, B). Verdict: **direction "
         "reproduced** = our A − B has the claimed sign and the Holm-corrected p < 0.05; **contradicted** = the "
         "opposite sign with p < 0.05; **inconclusive** = otherwise (including fewer than 2 seeds on a side); "
-        "**not run** = a side has no runs. p: two-sided Welch t-test, Holm-Bonferroni over every claim with a p-value.",
+        "**not run** = a side has no runs. p: two-sided Welch t-test, Holm-Bonferroni over every claim with a "
+        "p-value. Δ detectable: the smallest |A − B| these seeds' sizes and spreads would make significant at "
+        "p < 0.05 before the Holm correction (t quantile at the Welch-Satterthwaite df × the standard error).",
         "A verdict is a finding at this profile's scale (network size, data, epochs), not a statement about the "
         "paper's scale. The paper's numbers are context: none of them enters a test.",
     ]

@@ -5,15 +5,64 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from harness.errors import BnasError
+from harness.errors import BnasError, CheckpointError
 
 PARAMS_HELP = "Params YAML file (one group per stage; see pipelines/params.yaml)."
+
+
+PACKAGE = "bnas-harness"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
+_WEIGHTS_ONLY = "Weights only load failed"  # torch's weights_only=True refusal, which advises loading unsafely
+
+
+def first_sentence(text: str) -> str:
+    """The first full sentence of the first non-empty line of `text`, without terminal colour codes (never cut
+    inside a sentence: a long one is kept whole)."""
+    line = next((ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()), "")
+    m = _SENTENCE_END.search(line)
+    return line[: m.start()] if m else line
+
+
+def _not_plain(text: str) -> str:
+    """What to say instead of torch's weights-only refusal (which suggests `weights_only=False`)."""
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", _ANSI.sub("", text))
+    what = f" ({m.group(1)})" if m else ""
+    return f"not a plain-tensor checkpoint: it holds pickled Python objects{what}, which bnas never loads"
+
+
+def torch_load_reason(e: BaseException) -> str:
+    """Why `torch.load(..., weights_only=True)` refused a file, in one line: torch's first sentence, or, for a file
+    that pickles Python objects, that it is not a plain-tensor checkpoint (never torch's advice to load it anyway)."""
+    text = str(e)
+    if _WEIGHTS_ONLY in text:
+        return _not_plain(text)
+    first = first_sentence(text)
+    return f"corrupt or not a torch file ({type(e).__name__}{': ' + first if first else ''})"
+
+
+def error_line(e: BnasError) -> str:
+    """The one line printed for a user error. Checkpoint errors quote torch's first line in parentheses, cut at 200
+    characters by their producers (harness/training.py, harness/checkpoint.py): keep that quote's first full sentence
+    and put a weights-only refusal as "not a plain-tensor checkpoint" instead of torch's advice to load it unsafely."""
+    msg = _ANSI.sub("", str(e))
+    i = msg.find(_WEIGHTS_ONLY)
+    if i >= 0:
+        head = msg[:i].rstrip()
+        if head.endswith("("):
+            return f"{head}{_not_plain(msg)})"
+        return f"{head} {_not_plain(msg)}".strip()
+    m = re.fullmatch(r"(.*?) \((.*)\)", msg, flags=re.DOTALL)
+    if isinstance(e, CheckpointError) and m and _SENTENCE_END.search(m.group(2)):
+        return f"{m.group(1)} ({first_sentence(m.group(2))})"
+    return msg
 
 
 class _Group(click.Group):
@@ -23,7 +72,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except BnasError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(error_line(e)) from None
 
 
 def _maybe_torchrun(nproc: int) -> None:
@@ -94,6 +143,7 @@ def _run_options(group: str, out_example: str) -> Callable[[Callable[..., Any]],
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name=PACKAGE, message="%(package)s %(version)s")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def cli(verbose: bool) -> None:
     """bnas-harness: reproduce BNAS (Kim, Singh, Choi, ECCV 2020) and binary baselines, seed for seed."""
@@ -392,8 +442,9 @@ def tables(
     against_ref: str | None,
 ) -> None:
     """Regenerate the CIFAR-10, ImageNet, ablation, searches and claims tables from the runs' metrics files (no
-    MLflow needed)."""
-    from harness.tables import build_tables, write_tables
+    MLflow needed), and the data of `dvc plots show` in <out>/plots/."""
+    from harness.dvc_plots import write_plot_data
+    from harness.tables import build_report, write_tables
 
     profile = _report_profile(profile, params)
     committed = None
@@ -401,7 +452,10 @@ def tables(
         from harness.against import read_tables
 
         committed = read_tables(against_ref)
-    for p in write_tables(build_tables(runs, reference, profile, tolerance), out):
+    built, plot_rows = build_report(runs, reference, profile, tolerance)
+    for p in write_tables(built, out):
+        click.echo(str(p))
+    for p in write_plot_data(plot_rows, out / "plots"):
         click.echo(str(p))
     if committed is not None:
         from harness.against import against_table, read_tables
@@ -433,7 +487,7 @@ def figures(
         click.echo(str(p))
     if finish_pipeline_run:
         from harness.config import load_config
-        from harness.tables import finish_pipeline_run as finish
+        from harness.pipeline_run import finish_pipeline_run as finish
 
         cfg = load_config(params)
         if cfg.tracking.enabled:
@@ -478,7 +532,24 @@ def evaluate(run_dir: Path, data: Path, out: Path | None) -> None:
     """Top-1/top-5 of a trained run on the dataset's evaluation split."""
     from harness.training import run_evaluate
 
+    if (run_dir / "config.yaml").is_file():  # without it, run_evaluate names config.yaml
+        _check_weights(run_dir / "model.pt")
     click.echo(json.dumps(run_evaluate(run_dir, data, out), sort_keys=True))
+
+
+def _check_weights(path: Path) -> None:
+    """Fail with one line naming `path` unless torch loads it with `weights_only=True` (before any data is read;
+    training.load_weights would call a missing file "train.init_from" and cut torch's reason at 200 characters)."""
+    if not path.is_file():
+        raise BnasError(f"{path} not found: expected the trained weights of a finished `bnas train` run")
+    if path.stat().st_size == 0:
+        raise BnasError(f"{path}: empty file: expected the trained weights of a finished `bnas train` run")
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        raise BnasError(f"{path}: {torch_load_reason(e)}") from None
 
 
 @cli.command()
@@ -549,13 +620,67 @@ def bench(device: str, data: Path | None, out: Path, quick: bool, threads: int, 
 
 
 @cli.command()
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("dvc_plots"),
+    show_default=True,
+    help="Folder for index.html.",
+)
+@click.option(
+    "--template-only",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Only write the offline page template to this file (`make install` registers it with DVC).",
+)
+def plots(out: Path, template_only: Path | None) -> None:
+    """`dvc plots show` with vega inlined, so the page renders with no network: training and search curves per
+    epoch and each table's rows seed by seed (the data `bnas tables` writes to <tables>/plots/)."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from harness.dvc_plots import write_offline_template
+
+    if template_only is not None:
+        click.echo(str(write_offline_template(template_only)))
+        return
+    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
+    if dvc is None:
+        raise BnasError("dvc not found: `make install` installs it into .venv")
+    with tempfile.TemporaryDirectory() as tmp:
+        template = write_offline_template(Path(tmp) / "page.html")
+        code = subprocess.call([dvc, "plots", "show", "--html-template", str(template), "-o", str(out)])
+    if code != 0:
+        raise SystemExit(code)
+
+
+@cli.command("exp")
+@click.option("-n", "--num", default=1, show_default=True, help="Commits back from HEAD whose experiments to show.")
+@click.option("--width", default=120, show_default=True, help="Line width of the table.")
+def exp_cmd(num: int, width: int) -> None:
+    """`dvc exp show` as one row per run (experiment, profile, kind, run folder, seed, top-1, OPs): readable in a
+    120-column terminal, where `dvc exp show` has one column per run and metric."""
+    import dvc.api
+
+    from harness.experiments import exp_rows, format_exp_rows
+
+    click.echo(format_exp_rows(exp_rows(dvc.api.exp_show(num=num)), width), nl=False)
+
+
+@cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
 @click.option("--port", default=5000, show_default=True, help="Port.")
-def ui(host: str, port: int) -> None:
-    """Start the MLflow UI on the harness's tracking store (MLFLOW_TRACKING_URI or ./mlflow.db)."""
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Server worker processes (default: MLflow's)."
+)
+def ui(host: str, port: int, workers: int | None) -> None:
+    """Start the MLflow UI on the harness's tracking store (MLFLOW_TRACKING_URI or ./mlflow.db) and print each
+    experiment's runs-table URL. Stops the whole server on SIGTERM, SIGINT (Ctrl-C) or SIGHUP."""
     from harness.tracking import run_ui
 
-    raise SystemExit(run_ui(host, port))
+    raise SystemExit(run_ui(host, port, workers=workers))
 
 
 if __name__ == "__main__":  # `python -m harness.cli` (used under torchrun)

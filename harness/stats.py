@@ -6,10 +6,21 @@ Everything here is scipy plus arithmetic; `results/README.md` states the rules i
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Summary", "summarize", "welch_p", "holm", "verdict", "VERDICTS", "claim_verdict", "CLAIM_VERDICTS"]
+__all__ = [
+    "Summary",
+    "summarize",
+    "welch_p",
+    "welch_detectable",
+    "holm",
+    "verdict",
+    "VERDICTS",
+    "claim_verdict",
+    "CLAIM_VERDICTS",
+]
 
 VERDICTS = ("reproduced", "within noise", "below", "above", "not run", "no paper value")
 CLAIM_VERDICTS = ("direction reproduced", "contradicted", "inconclusive", "not run")
@@ -61,6 +72,22 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
         return math.nan
     p = float(stats.ttest_ind(list(a), list(b), equal_var=False).pvalue)
     return p
+
+
+def welch_detectable(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> float:
+    """The smallest |mean(a) - mean(b)| that a two-sided Welch t-test at level `alpha` (uncorrected) calls
+    significant, given these samples' sizes and standard deviations: t_{1-alpha/2, df} * sqrt(s_a^2/n_a + s_b^2/n_b),
+    df by Welch-Satterthwaite. What a claim's seeds can resolve; NaN with fewer than 2 values on a side."""
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se2 = va + vb
+    if se2 == 0:
+        return 0.0
+    df = se2**2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return float(stats.t.ppf(1 - alpha / 2, df)) * math.sqrt(se2)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

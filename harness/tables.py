@@ -29,7 +29,6 @@ __all__ = [
     "read_reference",
     "build_tables",
     "write_tables",
-    "finish_pipeline_run",
     "FAMILIES",
 ]
 
@@ -268,7 +267,16 @@ def build_tables(
 ) -> list[Table]:
     """The tables from the runs under `runs_root` and the paper numbers in `reference`: CIFAR-10, ImageNet, the
     ablations, the searches and the poster's claims (:mod:`harness.claims`)."""
+    return build_report(runs_root, reference, profile, tolerance)[0]
+
+
+def build_report(
+    runs_root: str | Path, reference: str | Path, profile: str = "paper", tolerance: float = 0.5
+) -> tuple[list[Table], dict[str, list[dict[str, Any]]]]:
+    """:func:`build_tables` and, from the same reading of the runs, the long-format data of `dvc plots show`
+    (:func:`harness.dvc_plots.plot_rows`: curves per epoch, and each table's rows seed by seed)."""
     from harness.claims import build_claims, claims_table
+    from harness.dvc_plots import plot_rows
 
     ref = read_reference(reference)
     notes = []
@@ -309,6 +317,7 @@ def build_tables(
                 )
             )
     rows, raw = _comparison_rows(entries, "bnas_a", tolerance)
+    cifar10_rows = [e["key"] for e, r in entries if r is not None]
     tables.append(
         Table(
             "cifar10",
@@ -374,8 +383,9 @@ def build_tables(
     searches = collect_searches(runs_root, "cifar10")
     tables.append(_ablation_table(cifar, searches, ref.get("cifar10_ablation", []), notes))
     tables.append(_searches_table(searches, notes))
-    tables.append(claims_table(build_claims(ref, cifar, searches), profile))
-    return tables
+    claims = build_claims(ref, cifar, searches)
+    tables.append(claims_table(claims, profile))
+    return tables, plot_rows(runs_root, cifar, searches, claims, cifar10_rows)
 
 
 def _search_summary(runs: list[SearchRun]) -> tuple[Summary, Summary, Summary, Summary]:
@@ -617,40 +627,3 @@ def write_tables(tables: list[Table], out_dir: str | Path) -> list[Path]:
             atomic_write_text(p, fn(t))
             paths.append(p)
     return paths
-
-
-def finish_pipeline_run(
-    runs_root: str | Path, results: Path, figures: list[Path], profile: str, experiment_prefix: str = "bnas"
-) -> str | None:
-    """Log each method's aggregate (mean/std/n of top-1 over seeds) to the MLflow parent run of this pipeline run in
-    each dataset's experiment (see :meth:`harness.tracking.Tracker.pipeline_parent`), the tables and figures to the
-    CIFAR-10 one, and finish them. Returns the CIFAR-10 parent's run id."""
-    from harness.tracking import Tracker
-
-    first = None
-    for dataset in ("cifar10", "imagenet"):
-        tracker = Tracker()
-        runs = collect_runs(runs_root, dataset)
-        run_id = tracker.pipeline_parent(f"{experiment_prefix}-{dataset}", profile, create=dataset == "cifar10")
-        if run_id is None:
-            continue
-        tracker.run_id = run_id
-        metrics: dict[str, float] = {}
-        for name, r in runs.items():
-            s = summarize(r.top1)
-            metrics[f"{name}/top1_mean"] = s.mean
-            metrics[f"{name}/n_seeds"] = float(s.n)
-            if s.n > 1:
-                metrics[f"{name}/top1_std"] = s.std
-        if metrics:
-            tracker.log_metrics(metrics, step=0)
-        if dataset == "cifar10":
-            first = run_id
-            for p in sorted(results.glob("*.md")):
-                tracker.log_artifact(p, "tables")
-            for p in figures:
-                tracker.log_artifact(p, "figures")
-        elif (results / "imagenet.md").is_file():
-            tracker.log_artifact(results / "imagenet.md", "tables")
-        tracker.end("FINISHED")
-    return first

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from click.testing import CliRunner
 from harness.cli import cli
 
 BNAS = str(Path(sys.executable).parent / "bnas")
+REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ["prepare", "train", "search", "derive", "evaluate", "profile", "ui"]
 
 
@@ -126,34 +129,183 @@ def test_imagenet_path_trains_end_to_end(data_root, tmp_path):
     assert m["val/n"] == 20 and m["params"] > 0
 
 
-def test_ui_serves_on_loopback(tmp_path):
+def _free_port() -> int:
     import socket
-    import time
-    import urllib.request
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    proc = subprocess.Popen(
-        [BNAS, "ui", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+        return s.getsockname()[1]
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
     try:
-        deadline, status = time.time() + 90, None
-        while time.time() < deadline and status is None:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Pids of process group `pgid` (Linux /proc; zombies included)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # after "pid (comm)": state ppid pgrp
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow  # ~28 s on a busy 2-core machine (MLflow's server and its workers start up)
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process groups from Linux /proc")
+def test_ui_serves_on_loopback_and_sigterm_stops_the_whole_server(tmp_path):
+    """`kill PID` of `bnas ui` ends the MLflow server it started (its own process group: mlflow, uvicorn and its
+    workers), not only bnas; nothing keeps listening, nothing is left, not even a zombie."""
+    import urllib.request
+
+    port = _free_port()
+    env = dict(
+        os.environ,
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",  # the store lives in tmp_path
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),  # this checkout's harness
+    )
+    with open(tmp_path / "ui.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "ui", "--port", str(port), "--workers", "2"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    pgid = None
+    try:
+        deadline, status = time.monotonic() + 90, None
+        while status is None:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "ui.log").read_text()
             try:
                 status = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status
             except OSError:
                 time.sleep(0.5)
         assert status == 200
+        (child,) = _children(proc.pid)  # `mlflow ui`
+        pgid = os.getpgid(child)
+        assert pgid == child != os.getpgid(proc.pid)  # the server runs in a process group of its own
+        assert len(_group_members(pgid)) >= 4  # mlflow, uvicorn's supervisor and its 2 workers
+        proc.send_signal(signal.SIGTERM)  # to bnas only, as `kill PID` does
+        assert proc.wait(timeout=30) == 0, (tmp_path / "ui.log").read_text()  # mlflow's code: a clean shutdown
+        assert not _accepts(port)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pgid, 0)
+        assert "Traceback" not in (tmp_path / "ui.log").read_text()
     finally:
-        os.killpg(proc.pid, 15)
+        for g in (pgid, proc.pid):
+            if g is not None and _group_members(g):
+                os.killpg(g, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+def test_version_prints_the_package_and_its_version():
+    from importlib.metadata import version
+
+    res = CliRunner().invoke(cli, ["--version"])
+    assert res.exit_code == 0
+    assert res.output == f"bnas-harness {version('bnas-harness')}\n"
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    """A run folder with a real config.yaml (of the default params) and no model.pt."""
+    from harness.config import load_config, save_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(load_config(None), run / "config.yaml")
+    return run
+
+
+def _evaluate_error(run: Path, tmp_path: Path) -> str:
+    res = CliRunner().invoke(cli, ["evaluate", "--run", str(run), "--data", str(tmp_path / "nodata")])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    (line,) = res.output.splitlines()
+    assert line.startswith("Error: ")
+    return line
+
+
+def test_evaluate_names_a_missing_model_pt(tmp_path):
+    run = _run_dir(tmp_path)
+    line = _evaluate_error(run, tmp_path)
+    assert f"{run / 'model.pt'} not found" in line and "bnas train" in line
+    assert "init_from" not in line
+
+
+def test_evaluate_quotes_torch_in_full_sentences_for_a_corrupt_model_pt(tmp_path):
+    import torch
+
+    run = _run_dir(tmp_path)
+    torch.save({"w": torch.zeros(100)}, run / "model.pt")
+    data = (run / "model.pt").read_bytes()
+    (run / "model.pt").write_bytes(data[: len(data) // 2])  # truncated: torch's reason is a long paragraph
+    line = _evaluate_error(run, tmp_path)
+    assert str(run / "model.pt") in line
+    assert "failed finding central directory.)" in line  # its first sentence, whole
+    assert "This is an internal" not in line
+
+
+def test_evaluate_refuses_pickled_objects_without_suggesting_weights_only_false(tmp_path):
+    import argparse
+
+    import torch
+
+    run = _run_dir(tmp_path)
+    torch.save({"w": torch.zeros(2), "opts": argparse.Namespace(lr=0.1)}, run / "model.pt")
+    line = _evaluate_error(run, tmp_path)
+    assert "not a plain-tensor checkpoint" in line and "argparse.Namespace" in line
+    for advice in ("weights_only", "can still be loaded", "safe_globals", "\x1b"):
+        assert advice not in line
+
+
+def test_checkpoint_errors_keep_torch_sentences_whole_and_drop_the_unsafe_advice(tmp_path):
+    """The messages harness/training.py and harness/checkpoint.py build (torch's first line cut at 200 characters),
+    as the CLI prints them."""
+    import argparse
+
+    import torch
+
+    from harness.checkpoint import load_checkpoint
+    from harness.cli import error_line
+    from harness.errors import CheckpointError
+    from harness.training import load_weights
+
+    torch.save({"model": {}, "opts": argparse.Namespace(lr=0.1)}, tmp_path / "pickled.pt")
+    torch.save({"w": torch.zeros(100)}, tmp_path / "ok.pt")
+    (tmp_path / "trunc.pt").write_bytes((tmp_path / "ok.pt").read_bytes()[:300])
+    lines = []
+    for load in (lambda p: load_weights(torch.nn.Linear(2, 2), p), load_checkpoint):
+        for name in ("pickled.pt", "trunc.pt"):
+            with pytest.raises(CheckpointError) as e:
+                load(tmp_path / name)
+            lines.append(error_line(e.value))
+    for line in lines:
+        assert "\n" not in line and "\x1b" not in line and "weights_only" not in line
+        assert "can still be loaded" not in line and line.endswith(")")
+    assert all("not a plain-tensor checkpoint" in ln for ln in lines[0::2])
+    assert all(ln.endswith("failed finding central directory.)") for ln in lines[1::2]), lines
 
 
 def test_two_stage_recipe_binary_activations_then_binary_weights(cifar_cache, tmp_path):

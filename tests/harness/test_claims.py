@@ -207,3 +207,18 @@ def test_against_reads_committed_tables_from_git(tmp_path):
         os.chdir(cwd)
     with pytest.raises(DataError, match="no such folder"):
         read_tables(tmp_path / "missing")
+
+
+def test_detectable_difference_is_where_welch_crosses_p_005():
+    from harness.stats import welch_detectable
+
+    a, b = [40.1, 37.5, 41.0], [38.9, 40.7, 36.0, 39.2]
+    d = welch_detectable(a, b)
+    assert 0 < d < 10
+    for k, side in ((1.01, "below"), (0.99, "above")):
+        shifted = [x + d * k for x in a]  # same spreads, mean difference d * k (plus the original one)
+        base = sum(a) / len(a) - sum(b) / len(b)
+        shifted = [x - base for x in shifted]  # mean difference exactly d * k
+        p = stats.ttest_ind(shifted, b, equal_var=False).pvalue
+        assert (p < 0.05) == (side == "below"), (k, p)
+    assert math.isnan(welch_detectable([1.0], b))
