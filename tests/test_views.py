@@ -162,7 +162,7 @@ def test_mlflow_ui_shows_experiments_runs_a_run_and_the_compare_view(mlflow_ui, 
     assert {"pipeline-quick", "search-seed2", "bnas_a-seed0", "bnas_a-seed1"} <= set(by_name)
     eid = exp["experiment_id"]
 
-    dom = _render(f"{base}/#/experiments", views_out / "mlflow_experiments.png")
+    dom = _render(f"{base}/#/experiments?workflowType=machine_learning", views_out / "mlflow_experiments.png")
     assert "bnas-cifar10" in dom
 
     dom = _render(f"{base}/#/experiments/{eid}/runs?workflowType=machine_learning", views_out / "mlflow_runs.png")
@@ -170,16 +170,18 @@ def test_mlflow_ui_shows_experiments_runs_a_run_and_the_compare_view(mlflow_ui, 
     assert "pipeline-quick" in dom and f"<strong>{len(runs)}</strong> matching runs" in dom
 
     rid = by_name["bnas_a-seed0"]
-    dom = _render(f"{base}/#/experiments/{eid}/runs/{rid}", views_out / "mlflow_run.png")
+    ml = "workflowType=machine_learning"  # the sidebar's "Model training" switch, as the URLs `bnas ui` prints
+    dom = _render(f"{base}/#/experiments/{eid}/runs/{rid}?{ml}", views_out / "mlflow_run.png")
     for text in ("bnas_a-seed0", "Parameters", "train.seed", "Metrics", "val/top1"):
         assert text in dom, text
-    dom = _render(f"{base}/#/experiments/{eid}/runs/{rid}/artifacts", views_out / "mlflow_run_artifacts.png")
+    dom = _render(f"{base}/#/experiments/{eid}/runs/{rid}/artifacts?{ml}", views_out / "mlflow_run_artifacts.png")
     for text in ("config.yaml", "metrics.json", "history.csv"):
         assert text in dom, text
 
     ids = json.dumps([by_name["bnas_a-seed0"], by_name["bnas_a-seed1"]])
     dom = _render(
-        f"{base}/#/compare-runs?runs={urllib.request.quote(ids)}&experiments={urllib.request.quote(json.dumps([eid]))}",
+        f"{base}/#/compare-runs?runs={urllib.request.quote(ids)}&experiments={urllib.request.quote(json.dumps([eid]))}"
+        f"&{ml}",
         views_out / "mlflow_compare.png",
     )
     for text in ("Comparing 2 Runs", "bnas_a-seed0", "bnas_a-seed1", "train.seed", "train/loss"):
