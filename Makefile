@@ -42,7 +42,7 @@ install: $(VENV)/.installed
 repro: install
 	$(BIN)/dvc repro
 
-# The small profile (pipelines/small/dvc.yaml): 3 seeds of every row and every search, ~2 h on 2 CPU cores; its tables
+# The small profile (pipelines/small/dvc.yaml): 3 seeds of every row and every search, 2 h 24 min on a 2-core CPU (measured); its tables
 # and figures are the committed results/ (the quick profile's go to results/quick/).
 repro-small: install
 	$(BIN)/dvc repro pipelines/small/dvc.yaml
