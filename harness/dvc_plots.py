@@ -26,7 +26,7 @@ from typing import Any
 
 from harness.claims import Claim
 from harness.errors import DataError
-from harness.io import atomic_write_text
+from harness.io import atomic_write_text, read_history
 from harness.search_results import SEARCH_VARIANTS, SearchRun
 
 __all__ = ["PLOT_FILES", "plot_rows", "write_plot_data", "write_offline_template"]
@@ -45,25 +45,6 @@ _CURVE_COLUMNS = {"train/loss": "train_loss", "train/top1": "train_top1", "val/t
 _SEARCH_COLUMNS = {"val/top1": "supernet_val_top1", "alpha_entropy": "alpha_entropy"}
 
 
-def _history(path: Path) -> list[dict[str, str]]:
-    try:
-        with path.open(newline="") as f:
-            return list(csv.DictReader(f))
-    except (OSError, csv.Error) as e:
-        raise DataError(f"{path}: unreadable history ({e})") from None
-
-
-def _number(v: str | None) -> float | str:
-    """A history cell as a number, or '' where the epoch did not measure it (no validation that epoch)."""
-    if v is None or v == "":
-        return ""
-    try:
-        x = float(v)
-    except ValueError:
-        return ""
-    return "" if math.isnan(x) else x
-
-
 def _curves(base: Path, searches: bool) -> list[dict[str, Any]]:
     cols = _SEARCH_COLUMNS if searches else _CURVE_COLUMNS
     rows = []
@@ -73,9 +54,10 @@ def _curves(base: Path, searches: bool) -> list[dict[str, Any]]:
             if not hfile.is_file() or not (sdir / "metrics.json").is_file():  # unfinished runs are not plotted
                 continue
             seed = sdir.name.removeprefix("seed")
-            for h in _history(hfile):
-                row: dict[str, Any] = {"name": mdir.name, "seed": seed, "epoch": int(float(h["epoch"]))}
-                row.update({new: _number(h.get(old)) for old, new in cols.items()})
+            for epoch, h in read_history(hfile).items():
+                row: dict[str, Any] = {"name": mdir.name, "seed": seed, "epoch": epoch}
+                # '' where the epoch did not measure it (no validation that epoch)
+                row.update({new: "" if math.isnan(v := h.get(old, math.nan)) else v for old, new in cols.items()})
                 rows.append(row)
     return rows
 

@@ -20,7 +20,6 @@ atomically).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import textwrap
@@ -32,7 +31,7 @@ from typing import Any
 import yaml
 
 from harness.errors import DataError
-from harness.io import atomic_path
+from harness.io import atomic_path, read_history
 from harness.tables import collect_runs, read_reference
 
 __all__ = [
@@ -168,34 +167,6 @@ def accuracy_vs_ops(runs_root: Path, reference: dict[str, Any], path: Path, prof
         ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     return _save(fig, path)
-
-
-def _is_number(v: Any) -> bool:
-    if not isinstance(v, str):
-        return False
-    try:
-        float(v)
-    except ValueError:
-        return False
-    return True
-
-
-def read_history(path: str | Path) -> dict[int, dict[str, float]]:
-    """The numeric columns of a history.csv, by epoch (a resumed run may repeat an epoch: its last row wins).
-
-    Raises:
-        DataError: the file cannot be read.
-    """
-    out: dict[int, dict[str, float]] = {}
-    try:
-        with open(path, newline="") as f:
-            for r in csv.DictReader(f):
-                row = {k: float(v) for k, v in r.items() if k and _is_number(v)}
-                if "epoch" in row:
-                    out[int(row["epoch"])] = row
-    except OSError as e:
-        raise DataError(f"{path}: unreadable history ({e})") from None
-    return dict(sorted(out.items()))
 
 
 def _training_histories(runs_root: Path, dataset: str) -> dict[str, list[dict[int, dict[str, float]]]]:

@@ -1,8 +1,10 @@
-"""Atomic file writes: write to a temporary file in the same folder, then rename over the target."""
+"""File helpers: atomic writes (a temporary file in the same folder, then a rename over the target) and reading a
+run's history.csv."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import tempfile
@@ -10,7 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json"]
+from harness.errors import DataError
+
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "read_history"]
 
 
 @contextlib.contextmanager
@@ -48,3 +52,31 @@ def _write_sync(f: IO[str], text: str) -> None:
     f.write(text)
     f.flush()
     os.fsync(f.fileno())
+
+
+def _is_number(v: Any) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def read_history(path: str | Path) -> dict[int, dict[str, float]]:
+    """The numeric columns of a history.csv, by epoch (a resumed run may repeat an epoch: its last row wins).
+
+    Raises:
+        DataError: the file cannot be read.
+    """
+    out: dict[int, dict[str, float]] = {}
+    try:
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                row = {k: float(v) for k, v in r.items() if k and _is_number(v)}
+                if "epoch" in row:
+                    out[int(row["epoch"])] = row
+    except OSError as e:
+        raise DataError(f"{path}: unreadable history ({e})") from None
+    return dict(sorted(out.items()))

@@ -10,7 +10,6 @@ files as artifacts. Then it logs each method's aggregate, the tables and the fig
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Iterator, Mapping
@@ -20,6 +19,7 @@ from typing import Any
 import yaml
 
 from harness.errors import DataError
+from harness.io import read_history
 from harness.stats import summarize
 from harness.tables import collect_runs
 
@@ -62,16 +62,13 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _read_folder(path: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, str]]]:
+def _read_folder(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[int, dict[str, float]]]:
     try:
         metrics = json.loads((path / "metrics.json").read_text())
         cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
-        history: list[dict[str, str]] = []
-        if (path / "history.csv").is_file():
-            with (path / "history.csv").open(newline="") as f:
-                history = list(csv.DictReader(f))
-    except (OSError, ValueError, yaml.YAMLError, csv.Error) as e:
+    except (OSError, ValueError, yaml.YAMLError) as e:
         raise DataError(f"{path}: unreadable run files ({e})") from None
+    history = read_history(path / "history.csv") if (path / "history.csv").is_file() else {}
     return metrics, cfg or {}, history
 
 
@@ -103,8 +100,7 @@ def log_committed_runs(tracker: Any, parent_id: str, runs_root: str | Path, data
         if (folder, str(seed), search) in have:
             continue
         points: list[tuple[str, float, int]] = []
-        for h in history:
-            step = int(float(h.get("epoch") or 0))
+        for step, h in history.items():
             points += [(k, v, step) for k, v in _numbers(h).items()]
         final = _numbers(metrics)
         last = int(final.get("epochs", final.get("epoch", max((p[2] for p in points), default=0))))

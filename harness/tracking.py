@@ -184,7 +184,7 @@ class Tracker(NullTracker):
         run_id: str | None = None,
     ) -> str:
         """Open a new run, or reopen `run_id` when resuming. Returns the run id."""
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import RunTag
 
         if run_id is not None:
             try:
@@ -202,9 +202,7 @@ class Tracker(NullTracker):
                 tags["mlflow.parentRunId"] = self.pipeline_parent(experiment, profile)
             run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
             self.run_id = run.info.run_id
-            items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-            for i in range(0, len(items), 100):
-                self.client.log_batch(self.run_id, params=items[i : i + 100])
+            self._log_params(self.run_id, params)
         else:
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         return self.run_id
@@ -232,6 +230,14 @@ class Tracker(NullTracker):
         )
         return run.info.run_id
 
+    def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Log `params` in batches of 100 (MLflow's per-request limit), values cut at its 6,000-character limit."""
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
     def children(self, parent_id: str) -> list[dict[str, str]]:
         """The tags of every child run of `parent_id` (runs tagged mlflow.parentRunId = it)."""
         exp_id = self.client.get_run(parent_id).info.experiment_id
@@ -253,14 +259,12 @@ class Tracker(NullTracker):
         artifact files. Returns its run id."""
         import time
 
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric
 
         exp_id = self.client.get_run(parent_id).info.experiment_id
         run = self.client.create_run(exp_id, run_name=run_name, tags={**tags, "mlflow.parentRunId": parent_id})
         run_id = run.info.run_id
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i : i + 100])
+        self._log_params(run_id, params)
         ts = int(time.time() * 1000)
         batch = [Metric(k, float(v), ts, int(step)) for k, v, step in metrics]
         for i in range(0, len(batch), 1000):

@@ -1,7 +1,12 @@
-"""Small builders shared by the engine tests (real CIFAR-10 subsets, timm's tiny `test_resnet`)."""
+"""Small builders shared by the tests: real CIFAR-10 subsets with timm's tiny `test_resnet` (engine tests), and the
+wait for a server started in a subprocess (the `bnas ui` tests)."""
 
 from __future__ import annotations
 
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,3 +63,15 @@ class PoisonWeights(Hook):
         if self.n == self.at:
             with torch.no_grad():
                 next(model.parameters()).fill_(float("nan"))
+
+
+def wait_until_serving(proc: subprocess.Popen, url: str, log: Path, timeout_s: float) -> int:
+    """Poll `url` until it answers; returns its HTTP status. Fails (with the server's `log`) if `proc` exits first or
+    `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        try:
+            return urllib.request.urlopen(url, timeout=2).status
+        except OSError:
+            time.sleep(0.5)

@@ -7,10 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from _helpers import wait_until_serving
 from click.testing import CliRunner
 
 from harness.cli import cli
@@ -147,29 +147,25 @@ def _accepts(port: int) -> bool:
     return True
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Pids of process group `pgid` (Linux /proc; zombies included)."""
+def _procs() -> list[tuple[int, int, int]]:
+    """(pid, ppid, process group) of every process (Linux /proc; zombies included)."""
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid:  # after "pid (comm)": state ppid pgrp
-            out.append(int(stat.parent.name))
+        out.append((int(stat.parent.name), int(fields[1]), int(fields[2])))  # after "pid (comm)": state ppid pgrp
     return out
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Pids of process group `pgid`."""
+    return [pid for pid, _, group in _procs() if group == pgid]
 
 
 def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
+    return [p for p, ppid, _ in _procs() if ppid == pid]
 
 
 @pytest.mark.slow  # ~28 s on a busy 2-core machine (MLflow's server and its workers start up)
@@ -177,7 +173,6 @@ def _children(pid: int) -> list[int]:
 def test_ui_serves_on_loopback_and_sigterm_stops_the_whole_server(tmp_path):
     """`kill PID` of `bnas ui` ends the MLflow server it started (its own process group: mlflow, uvicorn and its
     workers), not only bnas; nothing keeps listening, nothing is left, not even a zombie."""
-    import urllib.request
 
     port = _free_port()
     env = dict(
@@ -196,13 +191,7 @@ def test_ui_serves_on_loopback_and_sigterm_stops_the_whole_server(tmp_path):
         )
     pgid = None
     try:
-        deadline, status = time.monotonic() + 90, None
-        while status is None:
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "ui.log").read_text()
-            try:
-                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status
-            except OSError:
-                time.sleep(0.5)
+        status = wait_until_serving(proc, f"http://127.0.0.1:{port}/health", tmp_path / "ui.log", 90)
         assert status == 200
         (child,) = _children(proc.pid)  # `mlflow ui`
         pgid = os.getpgid(child)

@@ -13,12 +13,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from _helpers import wait_until_serving
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.browser
@@ -131,14 +131,7 @@ def mlflow_ui(tmp_path_factory):
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp / "ui.log").read_text()
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
+        assert wait_until_serving(proc, f"http://127.0.0.1:{port}/health", tmp / "ui.log", 120) == 200
         yield f"http://127.0.0.1:{port}", env["MLFLOW_TRACKING_URI"]
     finally:
         proc.send_signal(signal.SIGTERM)
