@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,56 @@ import torch
 from harness.errors import CheckpointError
 from harness.io import atomic_path
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_tensors",
+    "load_state",
+    "torch_load_reason",
+    "rng_state",
+    "set_rng_state",
+]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
+_WEIGHTS_ONLY = "Weights only load failed"  # torch's weights_only=True refusal, which advises loading unsafely
+
+
+def _first_sentence(text: str) -> str:
+    """The first full sentence of the first non-empty line of `text`, without terminal colour codes (a long one is
+    kept whole)."""
+    line = next((ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()), "")
+    m = _SENTENCE_END.search(line)
+    return line[: m.start()] if m else line
+
+
+def torch_load_reason(e: BaseException) -> str:
+    """Why `torch.load(..., weights_only=True)` refused a file, in one line: torch's first sentence, or, for a file
+    that pickles Python objects, that it is not a plain-tensor checkpoint (never torch's advice to load it anyway)."""
+    text = _ANSI.sub("", str(e))
+    if _WEIGHTS_ONLY in text:
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        what = f" ({m.group(1)})" if m else ""
+        return f"not a plain-tensor checkpoint: it holds pickled Python objects{what}, which bnas never loads"
+    first = _first_sentence(text)
+    return f"corrupt or not a torch file ({type(e).__name__}{': ' + first if first else ''})"
+
+
+def load_tensors(path: str | Path, *, what: str, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(path, weights_only=True)`, with one-line errors that name `path` and `what` it should be.
+
+    Raises:
+        CheckpointError: the file is missing, empty, corrupt or holds pickled Python objects.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; expected {what}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file; expected {what}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        raise CheckpointError(f"{path}: {torch_load_reason(e)}; expected {what}") from None
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -27,17 +77,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     Raises:
         CheckpointError: the file is missing, truncated or not a checkpoint of this harness.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({first[:200]})") from None
+    state = load_tensors(path, what="a bnas checkpoint.pt", map_location=map_location)
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a bnas checkpoint (expected a dict with a 'model' state)")
     return state
+
+
+def load_state(module: torch.nn.Module, state: Any, path: str | Path) -> None:
+    """`module.load_state_dict(state)` (strict), raising one line that names `path`: how many keys are missing or
+    unexpected (with the first of each), or torch's first mismatch (e.g. a tensor's shape).
+
+    Raises:
+        CheckpointError: the tensors do not fit `module`.
+    """
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+    try:
+        res = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches: "Error(s) in loading state_dict for X:\n\tsize mismatch for ..."
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise CheckpointError(f"{path}: its tensors do not fit the model ({(lines[1:] or lines)[0]})") from None
+    parts = [
+        f"{len(keys)} {kind}, e.g. {keys[0]}"
+        for kind, keys in (("missing", res.missing_keys), ("unexpected", res.unexpected_keys))
+        if keys
+    ]
+    if parts:
+        raise CheckpointError(f"{path}: its tensors do not fit the model ({'; '.join(parts)})")
 
 
 def rng_state() -> dict[str, Any]:

@@ -5,64 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from harness.errors import BnasError, CheckpointError
+from harness.errors import BnasError
 
 PARAMS_HELP = "Params YAML file (one group per stage; see pipelines/params.yaml)."
 
 
 PACKAGE = "bnas-harness"
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
-_WEIGHTS_ONLY = "Weights only load failed"  # torch's weights_only=True refusal, which advises loading unsafely
-
-
-def first_sentence(text: str) -> str:
-    """The first full sentence of the first non-empty line of `text`, without terminal colour codes (never cut
-    inside a sentence: a long one is kept whole)."""
-    line = next((ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()), "")
-    m = _SENTENCE_END.search(line)
-    return line[: m.start()] if m else line
-
-
-def _not_plain(text: str) -> str:
-    """What to say instead of torch's weights-only refusal (which suggests `weights_only=False`)."""
-    m = re.search(r"Unsupported global: GLOBAL (\S+)", _ANSI.sub("", text))
-    what = f" ({m.group(1)})" if m else ""
-    return f"not a plain-tensor checkpoint: it holds pickled Python objects{what}, which bnas never loads"
-
-
-def torch_load_reason(e: BaseException) -> str:
-    """Why `torch.load(..., weights_only=True)` refused a file, in one line: torch's first sentence, or, for a file
-    that pickles Python objects, that it is not a plain-tensor checkpoint (never torch's advice to load it anyway)."""
-    text = str(e)
-    if _WEIGHTS_ONLY in text:
-        return _not_plain(text)
-    first = first_sentence(text)
-    return f"corrupt or not a torch file ({type(e).__name__}{': ' + first if first else ''})"
-
-
-def error_line(e: BnasError) -> str:
-    """The one line printed for a user error. Checkpoint errors quote torch's first line in parentheses, cut at 200
-    characters by their producers (harness/training.py, harness/checkpoint.py): keep that quote's first full sentence
-    and put a weights-only refusal as "not a plain-tensor checkpoint" instead of torch's advice to load it unsafely."""
-    msg = _ANSI.sub("", str(e))
-    i = msg.find(_WEIGHTS_ONLY)
-    if i >= 0:
-        head = msg[:i].rstrip()
-        if head.endswith("("):
-            return f"{head}{_not_plain(msg)})"
-        return f"{head} {_not_plain(msg)}".strip()
-    m = re.fullmatch(r"(.*?) \((.*)\)", msg, flags=re.DOTALL)
-    if isinstance(e, CheckpointError) and m and _SENTENCE_END.search(m.group(2)):
-        return f"{m.group(1)} ({first_sentence(m.group(2))})"
-    return msg
 
 
 class _Group(click.Group):
@@ -72,7 +26,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except BnasError as e:
-            raise click.ClickException(error_line(e)) from None
+            raise click.ClickException(str(e)) from None
 
 
 def _maybe_torchrun(nproc: int) -> None:
@@ -532,24 +486,7 @@ def evaluate(run_dir: Path, data: Path, out: Path | None) -> None:
     """Top-1/top-5 of a trained run on the dataset's evaluation split."""
     from harness.training import run_evaluate
 
-    if (run_dir / "config.yaml").is_file():  # without it, run_evaluate names config.yaml
-        _check_weights(run_dir / "model.pt")
     click.echo(json.dumps(run_evaluate(run_dir, data, out), sort_keys=True))
-
-
-def _check_weights(path: Path) -> None:
-    """Fail with one line naming `path` unless torch loads it with `weights_only=True` (before any data is read;
-    training.load_weights would call a missing file "train.init_from" and cut torch's reason at 200 characters)."""
-    if not path.is_file():
-        raise BnasError(f"{path} not found: expected the trained weights of a finished `bnas train` run")
-    if path.stat().st_size == 0:
-        raise BnasError(f"{path}: empty file: expected the trained weights of a finished `bnas train` run")
-    import torch
-
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise BnasError(f"{path}: {torch_load_reason(e)}") from None
 
 
 @cli.command()

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from harness.checkpoint import load_checkpoint, load_state, load_tensors, rng_state, save_checkpoint, set_rng_state
 from harness.config import Config, config_to_dict, flatten, save_config
 from harness.data import CifarLoader, imagenet_loaders, load_cifar10, stratified_subset
 from harness.distributed import Runtime, all_gather_objects, setup_runtime, teardown_runtime
@@ -176,7 +176,8 @@ def _final_metrics(history: list[dict[str, Any]], extra: dict[str, Any]) -> dict
     if evals:
         out.update({k: evals[-1][k] for k in ("val/top1", "val/top5", "val/loss")})
         out[f"{PERF_PREFIX}val_img_s"] = evals[-1][f"{PERF_PREFIX}val_img_s"]
-    out[f"{PERF_PREFIX}train_img_s"] = sum(r[f"{PERF_PREFIX}train_img_s"] for r in history) / len(history)
+    # the mean over epochs under its own name: the per-epoch `perf/train_img_s` is in the history (and in MLflow)
+    out[f"{PERF_PREFIX}mean_train_img_s"] = sum(r[f"{PERF_PREFIX}train_img_s"] for r in history) / len(history)
     out[f"{PERF_PREFIX}train_s"] = sum(r[f"{PERF_PREFIX}epoch_s"] for r in history)
     out.update(extra)
     return out
@@ -253,8 +254,8 @@ def fit(
             if rt.is_main:
                 os.replace(ckpt_path, out / "checkpoint.stale.pt")
         else:
+            load_state(model, state["model"], ckpt_path)
             try:
-                model.load_state_dict(state["model"])
                 optimizer.load_state_dict(state["optimizer"])
                 scheduler.load_state_dict(state["scheduler"])
                 if scaler is not None and state.get("scaler"):
@@ -265,7 +266,7 @@ def fit(
                 if len(rngs) == rt.world_size:
                     set_rng_state(rngs[rt.rank])
             except (KeyError, RuntimeError, ValueError) as e:
-                raise CheckpointError(f"{ckpt_path}: does not fit this run ({str(e).splitlines()[0][:200]})") from None
+                raise CheckpointError(f"{ckpt_path}: does not fit this run ({str(e).splitlines()[0]})") from None
             start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
             history, run_id = list(state.get("history", [])), state.get("mlflow_run_id")
             log.info("resuming from %s at epoch %d", ckpt_path, start_epoch)
@@ -369,23 +370,17 @@ def fit(
         tracker.end(status)
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a `model.pt` (weights only) into `model`, e.g. stage 1 of a two-stage recipe into stage 2.
+def load_weights(model: nn.Module, path: str | Path, *, what: str = "the model.pt of a finished run") -> None:
+    """Load a `model.pt` (weights only) into `model`, e.g. stage 1 of a two-stage recipe into stage 2; `what` names
+    the file in errors (e.g. `train.init_from`).
 
     Raises:
         CheckpointError: the file is missing, corrupt, or its tensors do not fit the model.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: train.init_from not found; expected the model.pt of a finished run")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]  # a full checkpoint.pt
-        model.load_state_dict(state)
-    except Exception as e:  # noqa: BLE001
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot initialise the model from it ({first[:200]})") from None
+    state = load_tensors(path, what=what)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # a full checkpoint.pt
+    load_state(model, state, path)
 
 
 def model_costs(model: nn.Module, meta: dict[str, Any], cfg: Config) -> dict[str, float]:
@@ -433,7 +428,7 @@ def run_train(
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         model = create_model(tc.model, tc.num_classes, **tc.model_kwargs)
         if tc.init_from:
-            load_weights(model, tc.init_from)
+            load_weights(model, tc.init_from, what="train.init_from: the model.pt of a finished run")
         torch.manual_seed(tc.seed + 1_000_003 * rt.rank)  # rank-specific dropout / drop-path streams
         costs = model_costs(model, meta, cfg)
         dataset = meta.get("dataset", "unknown")
@@ -494,11 +489,11 @@ def run_evaluate(run_dir: str | Path, data: str | Path, out: str | Path | None =
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
+    model = create_model(cfg.train.model, cfg.train.num_classes, **cfg.train.model_kwargs)
+    load_weights(model, run_dir / "model.pt", what="the trained weights of a finished `bnas train` run")
     rt = setup_runtime(cfg.train.device)
     try:
         _, val_loader, _ = build_loaders(cfg, data, rt)
-        model = create_model(cfg.train.model, cfg.train.num_classes, **cfg.train.model_kwargs)
-        load_weights(model, run_dir / "model.pt")
         model = model.to(rt.device)
         metrics = validate(model, val_loader, cfg.train, rt)
         if out is not None and rt.is_main:

@@ -239,7 +239,7 @@ def _evaluate_error(run: Path, tmp_path: Path) -> str:
 def test_evaluate_names_a_missing_model_pt(tmp_path):
     run = _run_dir(tmp_path)
     line = _evaluate_error(run, tmp_path)
-    assert f"{run / 'model.pt'} not found" in line and "bnas train" in line
+    assert f"{run / 'model.pt'}: not found" in line and "bnas train" in line
     assert "init_from" not in line
 
 
@@ -270,14 +270,13 @@ def test_evaluate_refuses_pickled_objects_without_suggesting_weights_only_false(
 
 
 def test_checkpoint_errors_keep_torch_sentences_whole_and_drop_the_unsafe_advice(tmp_path):
-    """The messages harness/training.py and harness/checkpoint.py build (torch's first line cut at 200 characters),
-    as the CLI prints them."""
+    """The messages of harness/checkpoint.py's loaders (used by training and resume), as the CLI prints them: one
+    line, torch's reason whole, the file's expected role named, never torch's advice to load unsafely."""
     import argparse
 
     import torch
 
     from harness.checkpoint import load_checkpoint
-    from harness.cli import error_line
     from harness.errors import CheckpointError
     from harness.training import load_weights
 
@@ -285,16 +284,31 @@ def test_checkpoint_errors_keep_torch_sentences_whole_and_drop_the_unsafe_advice
     torch.save({"w": torch.zeros(100)}, tmp_path / "ok.pt")
     (tmp_path / "trunc.pt").write_bytes((tmp_path / "ok.pt").read_bytes()[:300])
     lines = []
-    for load in (lambda p: load_weights(torch.nn.Linear(2, 2), p), load_checkpoint):
-        for name in ("pickled.pt", "trunc.pt"):
+    for load in (lambda p: load_weights(torch.nn.Linear(2, 2), p, what="train.init_from"), load_checkpoint):
+        for name in ("pickled.pt", "trunc.pt", "missing.pt"):
             with pytest.raises(CheckpointError) as e:
                 load(tmp_path / name)
-            lines.append(error_line(e.value))
+            lines.append(str(e.value))
     for line in lines:
         assert "\n" not in line and "\x1b" not in line and "weights_only" not in line
-        assert "can still be loaded" not in line and line.endswith(")")
-    assert all("not a plain-tensor checkpoint" in ln for ln in lines[0::2])
-    assert all(ln.endswith("failed finding central directory.)") for ln in lines[1::2]), lines
+        assert "can still be loaded" not in line
+    assert all("not a plain-tensor checkpoint" in ln and "argparse.Namespace" in ln for ln in lines[0::3])
+    assert all("failed finding central directory.)" in ln for ln in lines[1::3]), lines
+    assert all(ln.endswith("missing.pt: not found; expected train.init_from") for ln in lines[2:3]), lines
+    assert lines[5].endswith("missing.pt: not found; expected a bnas checkpoint.pt"), lines
+    with pytest.raises(
+        CheckpointError,
+        match=r"ok.pt: its tensors do not fit the model \(2 missing, e.g. weight; "
+        r"1 unexpected, e.g. w\)",
+    ):
+        load_weights(torch.nn.Linear(2, 2), tmp_path / "ok.pt")
+    torch.save({"weight": torch.zeros(3, 3), "bias": torch.zeros(2)}, tmp_path / "shape.pt")
+    with pytest.raises(
+        CheckpointError,
+        match=r"shape.pt: its tensors do not fit the model \(size mismatch for "
+        r"weight: copying a param with shape torch.Size\(\[3, 3\]\)",
+    ):
+        load_weights(torch.nn.Linear(2, 2), tmp_path / "shape.pt")
 
 
 def test_two_stage_recipe_binary_activations_then_binary_weights(cifar_cache, tmp_path):

@@ -130,7 +130,10 @@ class BnasSearcher:
     device), `genotype()`, `state_dict()`/`load_state_dict()`.
     """
 
-    metric_names = ("train/loss", "train/top1", "search/val_loss", "search/val_top1", "search/objective")
+    # per iteration, in train mode: the weight batch's loss and top-1, the architecture batch's (validation images)
+    # cross-entropy and top-1, and the objective (cross-entropy - diversity weight x entropy). The eval-mode accuracy
+    # over the validation split is the harness's `val/top1`.
+    metric_names = ("train/loss", "train/top1", "search/arch_loss", "search/arch_top1", "search/objective")
     graph_warmup = 3  # eager iterations before the first capture (`cuda_graph`)
 
     def __init__(

@@ -261,6 +261,11 @@ def test_official_val_augment_augments_architecture_and_selection_batches_and_ta
     assert run.data.params["search.official_val_augment"] == "True"
     assert run.data.params["search.official_val_resample"] == "False"
     assert "precision" not in run.data.metrics and "search/best_val_top1" in run.data.metrics
+    # one value per (metric, step): the final search/val_top1 (eval mode) is not the per-iteration arch-batch top-1
+    for key in run.data.metrics:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), key
+    assert {"search/arch_top1", "search/arch_loss", "search/val_top1", "val/top1"} <= set(run.data.metrics)
 
 
 def test_resuming_a_finished_search_writes_every_output_again(cifar_cache, tmp_path):

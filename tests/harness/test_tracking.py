@@ -53,6 +53,10 @@ def test_run_logs_params_metrics_tags_artifacts(cifar_cache, tmp_path, mlflow_ur
     for key in ("train/loss", "train/top1", "val/loss", "val/top1", "val/top5", "lr", "perf/train_img_s"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert 1 in steps and 2 in steps, key
+    for key in run.data.metrics:  # one value per (metric, step): the final metrics add keys, never a second value
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), key
+    assert "perf/mean_train_img_s" in run.data.metrics
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.json", "history.csv"} <= arts
     assert (tmp_path / "mlartifacts" / "bnas-cifar10").is_dir()  # artifacts sit next to the configured store
