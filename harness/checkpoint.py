@@ -42,8 +42,14 @@ def torch_load_reason(e: BaseException) -> str:
     text = _ANSI.sub("", str(e))
     if _WEIGHTS_ONLY in text:
         m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        what = f" ({m.group(1)})" if m else ""
-        return f"not a plain-tensor checkpoint: it holds pickled Python objects{what}, which bnas never loads"
+        if m:
+            return (
+                f"not a plain-tensor checkpoint: it holds pickled Python objects ({m.group(1)}), which bnas never loads"
+            )
+        # not a pickle of plain tensors either: the unpickler's own reason (e.g. "Unsupported operand 110")
+        m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        reason = m.group(1).strip().splitlines()[0] if m else "not a torch file"
+        return f"corrupt or not a torch file (UnpicklingError: {reason})"
     first = _first_sentence(text)
     return f"corrupt or not a torch file ({type(e).__name__}{': ' + first if first else ''})"
 

@@ -260,7 +260,7 @@ def config_cmd(
 def search(
     params: Path, data: Path, out: Path, seed: int | None, resume: bool, sets: tuple[str, ...], method: str | None
 ) -> None:
-    """BNAS architecture search on the recorded 25k/25k split; writes genotype.json and the alphas heatmap."""
+    """BNAS architecture search on the recorded 25k/25k split; writes genotype.json, the alphas and one genotype per epoch."""
     from harness.config import load_config
 
     cfg = load_config(params, _overrides(seed, sets, "search"), recipe="", method=method)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -39,6 +39,7 @@ __all__ = [
     "autocast",
     "autocast_dtype",
     "clip_grad_norm_release_order",
+    "evaluate",
     "train_one_epoch",
     "validate",
     "unwrap",
@@ -471,44 +472,31 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def validate(
-    model: nn.Module,
+def evaluate(
+    forward: Callable[[torch.Tensor], torch.Tensor],
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    cfg: TrainConfig,
     rt: Runtime,
-    hooks: Sequence[Hook] = (),
 ) -> dict[str, float]:
-    """Top-1/top-5 accuracy (%) and mean cross-entropy over the loader, summed exactly over ranks.
-
-    The XNOR latent weights are centred and clamped once, at the pass's first batch (the release's `infer`)."""
-    from methods.binary.quantizers import schedule_xnor_prep
-
-    for h in hooks:
-        h.before_eval(model)
-    model.eval()
-    schedule_xnor_prep(model)
+    """Top-1/top-5 accuracy (%), mean cross-entropy and throughput of `forward` (images -> logits) over `loader`,
+    summed exactly over the ranks (each rank evaluates its shard). The caller sets the model's mode: every evaluation
+    of the harness, of a trained network (:func:`validate`) or of a search's supernet, goes through here."""
     dev = rt.device
     sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss sum, top1, top5, n
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     t0 = time.perf_counter()
-    try:
-        for x, y in loader:
-            x = x.to(dev, non_blocking=True)
-            y = y.to(dev, non_blocking=True)
-            with autocast(cfg, dev):
-                logits = model(x)
-            c1, c5 = _topk_correct(logits, y)
-            sums += torch.stack(
-                [
-                    loss_fn(logits.float(), y).double(),
-                    c1.double(),
-                    c5.double(),
-                    torch.tensor(float(y.shape[0]), dtype=torch.float64, device=dev),
-                ]
-            )
-    finally:
-        for h in hooks:
-            h.after_eval(model)
+    for x, y in loader:
+        x = x.to(dev, non_blocking=True)
+        y = y.to(dev, non_blocking=True)
+        logits = forward(x)
+        c1, c5 = _topk_correct(logits, y)
+        sums += torch.stack(
+            [
+                loss_fn(logits.float(), y).double(),
+                c1.double(),
+                c5.double(),
+                torch.tensor(float(y.shape[0]), dtype=torch.float64, device=dev),
+            ]
+        )
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     elapsed = time.perf_counter() - t0
@@ -521,3 +509,32 @@ def validate(
         "val/n": float(sums[3]),
         "perf/val_img_s": n / elapsed,
     }
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    cfg: TrainConfig,
+    rt: Runtime,
+    hooks: Sequence[Hook] = (),
+) -> dict[str, float]:
+    """:func:`evaluate` of a trained network in eval mode, under the run's autocast, between the hooks'
+    `before_eval`/`after_eval`. The XNOR latent weights are centred and clamped once, at the pass's first batch (the
+    release's `infer`)."""
+    from methods.binary.quantizers import schedule_xnor_prep
+
+    for h in hooks:
+        h.before_eval(model)
+    model.eval()
+    schedule_xnor_prep(model)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with autocast(cfg, rt.device):
+            return model(x)
+
+    try:
+        return evaluate(forward, loader, rt)
+    finally:
+        for h in hooks:
+            h.after_eval(model)

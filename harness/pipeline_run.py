@@ -5,13 +5,15 @@ Every training and search stage of `dvc repro` opens its MLflow run as a child o
 (on a fresh clone: every search), so those rows of the tables would have no run in the UI. The last stage
 (`bnas figures --finish-pipeline-run`) therefore logs each such run folder from its committed files, as a child
 tagged `bnas.logged_from = files`: its resolved config as params, its history per epoch and final metrics, and its
-files as artifacts. Then it logs each method's aggregate, the tables and the figures to the parent and finishes it.
+files as artifacts (a search's also its alpha heatmaps). Then it logs each method's aggregate, the tables and the
+figures to the parent and finishes it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import yaml
 
 from harness.errors import DataError
+from harness.figures import alpha_heatmaps
 from harness.io import read_history
 from harness.stats import summarize
 from harness.tables import collect_runs
@@ -36,7 +39,6 @@ ARTIFACTS = (
     "alphas.json",
     "alphas_best.json",
     "alphas_final.json",
-    "alphas.png",
 )
 
 
@@ -117,7 +119,12 @@ def log_committed_runs(tracker: Any, parent_id: str, runs_root: str | Path, data
             "mlflow.note.content": f"Logged from the committed files of {path}: DVC did not re-run this stage.",
         }
         artifacts = [path / name for name in ARTIFACTS if (path / name).is_file()]
-        new.append(tracker.log_finished_run(parent_id, f"{folder}-seed{seed}", tags, _flatten(cfg), points, artifacts))
+        with tempfile.TemporaryDirectory() as tmp:  # a search's alpha heatmaps (alphas.png), as `bnas search` logs them
+            png = alpha_heatmaps(path, Path(tmp) / "alphas.png") if search else None
+            run_id = tracker.log_finished_run(
+                parent_id, f"{folder}-seed{seed}", tags, _flatten(cfg), points, artifacts + ([png] if png else [])
+            )
+        new.append(run_id)
     return new
 
 

@@ -6,22 +6,19 @@ epoch, atomic), `history.csv` (per-epoch metrics), `metrics.json` (final metrics
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import os
-import resource
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from harness.checkpoint import load_checkpoint, load_state, load_tensors, rng_state, save_checkpoint, set_rng_state
-from harness.config import Config, config_to_dict, flatten, save_config
+from harness.checkpoint import load_state, load_tensors, rng_state, set_rng_state
+from harness.config import Config
 from harness.data import CifarLoader, imagenet_loaders, load_cifar10, stratified_subset
 from harness.distributed import Runtime, all_gather_objects, setup_runtime, teardown_runtime
 from harness.engine import (
@@ -39,32 +36,21 @@ from harness.engine import (
     validate,
 )
 from harness.errors import CheckpointError, ConfigError, DataError
-from harness.io import atomic_path, atomic_write_json, atomic_write_text
+from harness.io import atomic_path, atomic_write_json
 from harness.models import count_params, create_model
+from harness.run import PERF_PREFIX, RunLifecycle, make_tracker, numeric, peak_memory_mb, run_tags
 
 __all__ = [
     "build_loaders",
     "fit",
     "run_train",
     "run_evaluate",
-    "peak_memory_mb",
-    "code_digest",
     "per_process_batch",
     "precision",
     "batch_deviation",
-    "PERF_PREFIX",
 ]
 
 log = logging.getLogger(__name__)
-
-PERF_PREFIX = "perf/"  # timing/memory metrics: they differ between identical runs, unlike the accuracy metrics
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process: max allocated CUDA memory on GPU, else the process's peak RSS."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _read_meta(data: Path) -> dict[str, Any]:
@@ -139,36 +125,6 @@ def batch_deviation(tc: Any) -> str:
     return ""
 
 
-def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    w.writerows(history)
-    atomic_write_text(path, buf.getvalue())
-
-
-def code_digest() -> str:
-    """sha256 (16 hex digits) of the harness and methods source files: a checkpoint from other code is not resumed."""
-    import hashlib
-
-    import methods
-
-    h = hashlib.sha256()
-    for pkg in (Path(__file__).parent, Path(methods.__file__).parent):
-        for f in sorted(pkg.rglob("*.py")):
-            h.update(f.relative_to(pkg.parent).as_posix().encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    fa, fb = flatten(a), flatten(b)
-    return [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
-
-
 def _final_metrics(history: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
     last = history[-1]
     evals = [r for r in history if "val/top1" in r]
@@ -181,6 +137,136 @@ def _final_metrics(history: list[dict[str, Any]], extra: dict[str, Any]) -> dict
     out[f"{PERF_PREFIX}train_s"] = sum(r[f"{PERF_PREFIX}epoch_s"] for r in history)
     out.update(extra)
     return out
+
+
+def _place(model: nn.Module, tc: Any, rt: Runtime) -> nn.Module:
+    """The model on the run's device, channels-last and compiled (in place: state_dict keys unchanged) if asked."""
+    model = model.to(rt.device)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if tc.compile:
+        model.compile()
+    return model
+
+
+def _run_hooks(model: nn.Module, tc: Any, hooks: Sequence[Hook]) -> list[Hook]:
+    """The caller's hooks, then those the config and the model ask for: drop-path schedule, weight clipping of the
+    binary layers that declare it, binary statistics."""
+    out = list(hooks)
+    if tc.drop_path > 0:
+        out.append(DropPathSchedule(tc.drop_path))
+    constraints = WeightConstraints(model)
+    if constraints.modules:
+        out.append(constraints)
+    if tc.binary_stats:
+        stats = BinaryStats(model)
+        if stats.stats:
+            out.append(stats)
+    return out
+
+
+@dataclass
+class _Optimisation:
+    """What an epoch updates besides the weights: optimizer, per-iteration scheduler, fp16 loss scaler."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None
+
+    @classmethod
+    def build(cls, tc: Any, model: nn.Module, updates_per_epoch: int, rt: Runtime) -> _Optimisation:
+        optimizer = build_optimizer(tc, model)
+        fp16 = tc.amp and tc.amp_dtype == "float16" and rt.device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda") if fp16 else None
+        return cls(optimizer, build_scheduler(tc, optimizer, updates_per_epoch), scaler)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+        }
+
+
+def _restore(
+    state: dict[str, Any], model: nn.Module, opt: _Optimisation, hooks: Sequence[Hook], rt: Runtime, path: Path
+) -> int:
+    """Load a resumable checkpoint into the model, optimisation, hooks and this rank's RNG; returns the global step.
+
+    Raises:
+        CheckpointError: its tensors or states do not fit this run.
+    """
+    load_state(model, state["model"], path)
+    try:
+        opt.optimizer.load_state_dict(state["optimizer"])
+        opt.scheduler.load_state_dict(state["scheduler"])
+        if opt.scaler is not None and state.get("scaler"):
+            opt.scaler.load_state_dict(state["scaler"])
+        for h, hs in zip(hooks, state.get("hooks", []), strict=False):
+            h.load_state_dict(hs)
+        rngs = state.get("rng", [])
+        if len(rngs) == rt.world_size:
+            set_rng_state(rngs[rt.rank])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: does not fit this run ({str(e).splitlines()[0]})") from None
+    return int(state["global_step"])
+
+
+def _epoch(
+    model: nn.Module,
+    loaders: tuple[Any, Any],
+    opt: _Optimisation,
+    loss_fn: nn.Module,
+    tc: Any,
+    rt: Runtime,
+    hooks: Sequence[Hook],
+    epoch: int,
+    global_step: int,
+    progress: bool,
+) -> tuple[dict[str, Any], int]:
+    """Train one epoch, then validate when `train.eval_interval` (or the last epoch) says so: (history row, step)."""
+    train_loader, val_loader = loaders
+    train_loader.set_epoch(epoch)
+    for h in hooks:
+        h.on_epoch_start(unwrap(model), epoch, tc.epochs)
+    tm, global_step = train_one_epoch(
+        model,
+        train_loader,
+        opt.optimizer,
+        opt.scheduler,
+        loss_fn,
+        tc,
+        rt,
+        epoch=epoch,
+        global_step=global_step,
+        hooks=hooks,
+        scaler=opt.scaler,
+        progress=progress and rt.is_main,
+    )
+    if rt.distributed:  # BN running stats drift apart per rank: average them before eval and checkpoint
+        from timm.utils import distribute_bn
+
+        distribute_bn(unwrap(model), rt.world_size, reduce=True)
+    row: dict[str, Any] = {"epoch": epoch + 1, **tm}
+    for h in hooks:
+        row.update(h.epoch_metrics())
+    if (epoch + 1) % tc.eval_interval == 0 or epoch + 1 == tc.epochs:
+        row.update(validate(unwrap(model), val_loader, tc, rt, hooks))
+    return row, global_step
+
+
+def _checkpoint_state(
+    model: nn.Module, opt: _Optimisation, hooks: Sequence[Hook], global_step: int, rt: Runtime
+) -> dict:
+    """What checkpoint.pt holds besides the run's bookkeeping: weights, optimisation, hooks, every rank's RNG."""
+    rngs = all_gather_objects(rng_state(), rt)  # a collective: every rank calls it
+    return {
+        "model": unwrap(model).state_dict(),
+        **opt.state_dict(),
+        "hooks": [h.state_dict() for h in hooks],
+        "rng": rngs,
+        "global_step": global_step,
+    }
 
 
 def fit(
@@ -200,174 +286,48 @@ def fit(
     progress: bool = False,
     extra_metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train `model` for `cfg.train.epochs`, checkpointing every epoch; resume from `out/checkpoint.pt` if asked.
-
-    A checkpoint made with a different config is never silently reused: it is renamed to `checkpoint.stale.pt`
-    (with a warning naming the differing keys) and the run starts afresh.
+    """Train `model` for `cfg.train.epochs`, checkpointing every epoch; resume from `out/checkpoint.pt` if asked
+    (a checkpoint of another config or code is kept as `checkpoint.stale.pt`: see :class:`harness.run.RunLifecycle`).
 
     Returns:
         The final metrics (also written to `out/metrics.json`).
     """
-    from harness.tracking import NullTracker
-
     tc = cfg.train
-    out = Path(out)
-    ckpt_path = out / "checkpoint.pt"
-    cfg_dict = config_to_dict(cfg)
-    digest = code_digest()
-    model = model.to(rt.device)
-    if tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if tc.compile:  # in place: state_dict keys unchanged
-        model.compile()
-    hooks = list(hooks)
-    if tc.drop_path > 0:
-        hooks.append(DropPathSchedule(tc.drop_path))
-    constraints = WeightConstraints(model)
-    if constraints.modules:
-        hooks.append(constraints)
-    if tc.binary_stats:
-        stats = BinaryStats(model)
-        if stats.stats:
-            hooks.append(stats)
-    optimizer = build_optimizer(tc, model)
-    scheduler = build_scheduler(tc, optimizer, len(train_loader))
+    model = _place(model, tc, rt)
+    hooks = _run_hooks(model, tc, hooks)
+    opt = _Optimisation.build(tc, model, len(train_loader), rt)
     loss_fn = build_loss(tc)
-    scaler = (
-        torch.amp.GradScaler("cuda") if (tc.amp and tc.amp_dtype == "float16" and rt.device.type == "cuda") else None
-    )
-
-    start_epoch, global_step, history, run_id = 0, 0, [], None
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=rt.device)
-        diff = _config_diff(state.get("config", {}), cfg_dict)
-        if state.get("code_digest") != digest:
-            diff.append(f"code: {state.get('code_digest')} -> {digest}")
-        if diff:
-            log.warning(
-                "%s was made with a different config (%s); keeping it as checkpoint.stale.pt and starting afresh",
-                ckpt_path,
-                "; ".join(diff[:5]),
-            )
-            if rt.distributed:
-                torch.distributed.barrier()
-            if rt.is_main:
-                os.replace(ckpt_path, out / "checkpoint.stale.pt")
-        else:
-            load_state(model, state["model"], ckpt_path)
-            try:
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-                if scaler is not None and state.get("scaler"):
-                    scaler.load_state_dict(state["scaler"])
-                for h, hs in zip(hooks, state.get("hooks", []), strict=False):
-                    h.load_state_dict(hs)
-                rngs = state.get("rng", [])
-                if len(rngs) == rt.world_size:
-                    set_rng_state(rngs[rt.rank])
-            except (KeyError, RuntimeError, ValueError) as e:
-                raise CheckpointError(f"{ckpt_path}: does not fit this run ({str(e).splitlines()[0]})") from None
-            start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
-            history, run_id = list(state.get("history", [])), state.get("mlflow_run_id")
-            log.info("resuming from %s at epoch %d", ckpt_path, start_epoch)
+    run = RunLifecycle(cfg, out, rt, experiment=experiment, run_name=run_name, tags=tags or {}, tracker=tracker)
+    start_epoch, global_step = 0, 0
+    state = run.resumable_state(resume, map_location=rt.device)
+    if state is not None:
+        global_step, start_epoch = _restore(state, model, opt, hooks, rt, run.checkpoint_path), int(state["epoch"])
     if rt.distributed:
         ddp_kw = {"device_ids": [rt.device.index]} if rt.device.type == "cuda" else {}
         model = nn.parallel.DistributedDataParallel(model, **ddp_kw)
-
-    tracker = tracker if (tracker is not None and rt.is_main) else NullTracker()
-    if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    run_id = tracker.start(
-        experiment=experiment, run_name=run_name, tags=tags or {}, params=flatten(cfg_dict), run_id=run_id
-    )
-    status = "FAILED"
-    try:
+    run.start()
+    with run:
         for epoch in range(start_epoch, tc.epochs):
-            train_loader.set_epoch(epoch)
-            for h in hooks:
-                h.on_epoch_start(unwrap(model), epoch, tc.epochs)
-            tm, global_step = train_one_epoch(
-                model,
-                train_loader,
-                optimizer,
-                scheduler,
-                loss_fn,
-                tc,
-                rt,
-                epoch=epoch,
-                global_step=global_step,
-                hooks=hooks,
-                scaler=scaler,
-                progress=progress and rt.is_main,
-            )
-            if rt.distributed:  # BN running stats drift apart per rank: average them before eval and checkpoint
-                from timm.utils import distribute_bn
-
-                distribute_bn(unwrap(model), rt.world_size, reduce=True)
-            row: dict[str, Any] = {"epoch": epoch + 1, **tm}
-            for h in hooks:
-                row.update(h.epoch_metrics())
-            if (epoch + 1) % tc.eval_interval == 0 or epoch + 1 == tc.epochs:
-                row.update(validate(unwrap(model), val_loader, tc, rt, hooks))
-            history.append(row)
-            rngs = all_gather_objects(rng_state(), rt)
+            loaders = (train_loader, val_loader)
+            row, global_step = _epoch(model, loaders, opt, loss_fn, tc, rt, hooks, epoch, global_step, progress)
+            run.end_epoch(row, _checkpoint_state(model, opt, hooks, global_step, rt))
             if rt.is_main:
-                save_checkpoint(
-                    {
-                        "model": unwrap(model).state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict() if scaler else {},
-                        "hooks": [h.state_dict() for h in hooks],
-                        "rng": rngs,
-                        "epoch": epoch + 1,
-                        "global_step": global_step,
-                        "history": history,
-                        "config": cfg_dict,
-                        "code_digest": digest,
-                        "mlflow_run_id": run_id,
-                    },
-                    ckpt_path,
-                )
-                _write_history(out / "history.csv", history)
-                tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
                 log.info(
-                    "epoch %d/%d %s",
-                    epoch + 1,
-                    tc.epochs,
-                    " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"),
+                    "epoch %d/%d %s", epoch + 1, tc.epochs, " ".join(f"{k}={v:.4g}" for k, v in numeric(row).items())
                 )
             for h in hooks:
                 h.on_epoch_end(unwrap(model), epoch)
-        if not history:
+        if not run.history:
             raise CheckpointError(f"{out}: train.epochs = {tc.epochs}: nothing to train")
-        if rt.is_main:  # a resume of a finished run (its outputs removed, e.g. by DVC) writes them all again
-            _write_history(out / "history.csv", history)
-        metrics = _final_metrics(
-            history,
-            {
-                "epochs": tc.epochs,
-                "params": count_params(unwrap(model)),
-                "world_size": rt.world_size,
-                f"{PERF_PREFIX}peak_mem_mb": peak_memory_mb(rt.device),
-                **(extra_metrics or {}),
-            },
-        )
+        run.write_history()  # a resume of a finished run (its outputs removed, e.g. by DVC) writes them all again
+        extra = {"epochs": tc.epochs, "params": count_params(unwrap(model)), "world_size": rt.world_size}
+        extra[f"{PERF_PREFIX}peak_mem_mb"] = peak_memory_mb(rt.device)
+        metrics = _final_metrics(run.history, {**extra, **(extra_metrics or {})})
         if rt.is_main:
-            with atomic_path(out / "model.pt") as tmp:
+            with atomic_path(Path(out) / "model.pt") as tmp:
                 torch.save(unwrap(model).state_dict(), tmp)
-            atomic_write_json(out / "metrics.json", metrics)
-            tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=tc.epochs)
-            for name in ("config.yaml", "metrics.json", "history.csv"):
-                tracker.log_artifact(out / name)
-        status = "FINISHED"
+        run.finish(metrics, ("config.yaml", "metrics.json", "history.csv"))
         return metrics
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.end(status)
 
 
 def load_weights(model: nn.Module, path: str | Path, *, what: str = "the model.pt of a finished run") -> None:
@@ -433,33 +393,22 @@ def run_train(
         costs = model_costs(model, meta, cfg)
         dataset = meta.get("dataset", "unknown")
         method = method or tc.model
-        tracker = None
-        if cfg.tracking.enabled and rt.is_main:
-            from harness.tracking import Tracker, git_info
-
-            tracker = Tracker()
-            git = git_info()
-        else:
-            git = {"commit": "unknown", "dirty": "unknown"}
-        tags = {
-            "bnas.method": method,
-            "bnas.model": tc.model,
-            "bnas.dataset": dataset,
-            "bnas.seed": tc.seed,
-            "bnas.profile": cfg.profile,
-            "bnas.stage": stage,
-            "bnas.dvc_stage": os.environ.get("DVC_STAGE", ""),
-            "bnas.git_commit": git["commit"],
-            "bnas.git_dirty": git["dirty"],
-            "bnas.data_fingerprint": meta.get("fingerprint", "unknown"),
-            "bnas.torch": torch.__version__,
-            "bnas.device": str(rt.device),
-            "bnas.world_size": rt.world_size,
-            "bnas.cost_policy": tc.cost_policy,
-            "bnas.precision": arith,
-            "bnas.global_batch": tc.batch_size,
-            "bnas.batch_deviation": deviation or "none",
-        }
+        tags = run_tags(
+            cfg,
+            rt,
+            method=method,
+            stage=stage,
+            seed=tc.seed,
+            dataset=dataset,
+            fingerprint=meta.get("fingerprint", "unknown"),
+            precision=arith,
+            extra={
+                "bnas.model": tc.model,
+                "bnas.cost_policy": tc.cost_policy,
+                "bnas.global_batch": tc.batch_size,
+                "bnas.batch_deviation": deviation or "none",
+            },
+        )
         t0 = time.perf_counter()
         metrics = fit(
             cfg,
@@ -470,7 +419,7 @@ def run_train(
             rt,
             resume=resume,
             hooks=hooks,
-            tracker=tracker,
+            tracker=make_tracker(cfg, rt),
             run_name=f"{method}-s{tc.seed}-{stage}",
             experiment=f"{cfg.tracking.experiment_prefix}-{dataset}",
             tags=tags,
