@@ -12,19 +12,6 @@ export HF_HUB_OFFLINE ?= 1
 IMAGENET ?= $(if $(BNAS_DATA),$(BNAS_DATA)/imagenette,)
 IMAGENET_METHODS := [bnas_d, bnas_e, bnas_f, bnas_g, bnas_h, bireal_resnet18, bireal_resnet34, xnornetpp_resnet18, \
   binarynet_resnet18]
-# paper profile: 5 search seeds (2 = the release's), each cell retrained once; ablations with 2 searches each
-PAPER_SEARCHES := [{search: search, seed: 2, derive: "--gamma 1", retrain: bnas_searched, train_seed: 0}, \
-  {search: search, seed: 3, derive: "--gamma 1", retrain: bnas_searched, train_seed: 1}, \
-  {search: search, seed: 4, derive: "--gamma 1", retrain: bnas_searched, train_seed: 2}, \
-  {search: search, seed: 5, derive: "--gamma 1", retrain: bnas_searched, train_seed: 3}, \
-  {search: search, seed: 6, derive: "--gamma 1", retrain: bnas_searched, train_seed: 4}, \
-  {search: search_no_skip, seed: 2, derive: "--gamma 1", retrain: ablation_no_skip, train_seed: 0}, \
-  {search: search_no_skip, seed: 3, derive: "--gamma 1", retrain: ablation_no_skip, train_seed: 1}, \
-  {search: search_no_zeroise, seed: 2, derive: "--gamma 1 --no-zeroise", retrain: ablation_no_zeroise, train_seed: 0}, \
-  {search: search_no_zeroise, seed: 3, derive: "--gamma 1 --no-zeroise", retrain: ablation_no_zeroise, train_seed: 1}, \
-  {search: search_no_div, seed: 2, derive: "--gamma 1", retrain: ablation_no_div, train_seed: 0}, \
-  {search: search_no_div, seed: 3, derive: "--gamma 1", retrain: ablation_no_div, train_seed: 1}]
-
 .PHONY: install repro repro-small repro-paper repro-imagenet bench test test-views lint ui plots exp clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -50,10 +37,7 @@ repro-small: install
 # The paper profile (GPUs): the paper's settings and BNAS's CIFAR recipe for every row, 5 retraining seeds, 5 searches,
 # as a DVC experiment.
 repro-paper: install
-	$(BIN)/dvc exp run -S 'pipelines/params.yaml:profile=paper' \
-	  -S 'pipelines/params.yaml:pipeline.cifar_recipe=bnas_cifar_paper' \
-	  -S 'pipelines/params.yaml:pipeline.seeds=[0,1,2,3,4]' \
-	  -S 'pipelines/params.yaml:pipeline.searches=$(PAPER_SEARCHES)'
+	$(BIN)/bnas config --pipeline paper | xargs -d '\n' $(BIN)/dvc exp run
 
 # The ImageNet pipeline as a DVC experiment: prepare IMAGENET, train BNAS-D..H and the ImageNet baselines, tables.
 repro-imagenet: install

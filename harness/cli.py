@@ -230,12 +230,31 @@ def _default_method(params: Path, overrides: dict[str, Any]) -> str | None:
 @click.option("--seed", type=int, default=None, help="Override train.seed.")
 @click.option("-S", "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a param.")
 @click.option("--json", "as_json", is_flag=True, help="Print {key: {value, from}} as JSON.")
+@click.option(
+    "--pipeline",
+    "pipeline_profile",
+    default=None,
+    metavar="PROFILE",
+    help="Instead: print the `dvc exp run` arguments (one per line) that run dvc.yaml at PROFILE with the values of "
+    "`pipeline.PROFILE` in the params file (`make repro-paper`).",
+)
 def config_cmd(
-    params: Path, method: str | None, recipe: str, seed: int | None, sets: tuple[str, ...], as_json: bool
+    params: Path,
+    method: str | None,
+    recipe: str,
+    seed: int | None,
+    sets: tuple[str, ...],
+    as_json: bool,
+    pipeline_profile: str | None,
 ) -> None:
     """Print a run's resolved config, each value with the layer it came from (default, params, recipe, method,
     profile, method+profile, override), as `bnas train` with the same options would resolve it."""
-    from harness.config import config_to_dict, explain_config, flatten
+    from harness.config import config_to_dict, explain_config, flatten, pipeline_overrides
+
+    if pipeline_profile is not None:
+        for key, value in pipeline_overrides(params, pipeline_profile).items():
+            click.echo(f"-S\n{params.as_posix()}:{key}={json.dumps(value, separators=(',', ':'))}")
+        return
 
     overrides = _overrides(seed, sets)
     method = method or _default_method(params, overrides)
@@ -260,7 +279,7 @@ def config_cmd(
 def search(
     params: Path, data: Path, out: Path, seed: int | None, resume: bool, sets: tuple[str, ...], method: str | None
 ) -> None:
-    """BNAS architecture search on the recorded 25k/25k split; writes genotype.json, the alphas and one genotype per epoch."""
+    """BNAS architecture search on the recorded 25k/25k split: genotype.json, the alphas, a genotype per epoch."""
     from harness.config import load_config
 
     cfg = load_config(params, _overrides(seed, sets, "search"), recipe="", method=method)
@@ -285,22 +304,22 @@ def search(
     type=float,
     default=1.0,
     show_default=True,
-    help="Divide the Zeroise weights by G before ranking (3 = the ImageNet transfer of bnas.md §4).",
+    help="Divide the Zeroise weights by G before ranking (3 = the ImageNet transfer of docs/bnas.md §4).",
 )
 @click.option(
-    "--gamma-compat-row",
+    "--official-gamma-bug",
     is_flag=True,
-    help="Release bug: divide row 0 (all ops of the first edge) by G instead of the Zeroise column (bnas.md §8.4).",
+    help="Release bug: divide row 0 (every op of the first edge) by G, not the Zeroise column (docs/bnas.md §8.4).",
 )
-@click.option("--no-zeroise", is_flag=True, help="Never choose Zeroise (the 'No Zeroise' ablation's derivation).")
+@click.option("--exclude-zeroise", is_flag=True, help="Never choose Zeroise (the 'No Zeroise' ablation's derivation).")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="genotype.json to write.")
-def derive(alphas: Path, gamma: float, gamma_compat_row: bool, no_zeroise: bool, out: Path) -> None:
+def derive(alphas: Path, gamma: float, official_gamma_bug: bool, exclude_zeroise: bool, out: Path) -> None:
     """Re-derive a genotype from saved alphas: per node the top-2 edges by their largest op weight, argmax op."""
     from harness.io import atomic_write_text
     from harness.searching import derive_from_alphas
     from methods.bnas.genotypes import genotype_to_json
 
-    g = derive_from_alphas(alphas, gamma=gamma, gamma_compat_row=gamma_compat_row, no_zeroise=no_zeroise)
+    g = derive_from_alphas(alphas, gamma=gamma, official_gamma_bug=official_gamma_bug, exclude_zeroise=exclude_zeroise)
     text = genotype_to_json(g)
     atomic_write_text(out, text + "\n")
     click.echo(text)
@@ -513,7 +532,7 @@ def evaluate(run_dir: Path, data: Path, out: Path | None) -> None:
     "model_kwargs",
     multiple=True,
     metavar="KEY=VALUE",
-    help="A model argument (YAML value), e.g. -k binary_res_weights=true -k genotype=runs/search/genotype.json.",
+    help="A model argument (YAML value), e.g. -k official_binary_res_weights=true -k genotype=runs/s/genotype.json.",
 )
 def profile(
     model: str, dataset: str, policy: str, as_json: bool, per_layer: bool, model_kwargs: tuple[str, ...]

@@ -3,7 +3,7 @@
 `pipelines/params.yaml` (tracked by DVC) has one top-level group per dataclass below. Loading is strict: an unknown key,
 a missing group's unknown key or a value of the wrong type raises :class:`ConfigError` naming the key and the file.
 Hyperparameter defaults follow the BNAS official recipes (Kim, Singh, Choi, ECCV 2020, arXiv 2002.06963; see
-`shared/spec/bnas.md` §4-5).
+docs/bnas.md §4-5).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ __all__ = [
     "config_to_dict",
     "flatten",
     "parse_override",
+    "pipeline_overrides",
+    "RENAMED",
 ]
 
 
@@ -99,7 +101,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """BNAS search (bnas.md §4): supernet, bilevel optimisers, diversity regulariser, derivation, release switches."""
+    """BNAS search (docs/bnas.md §4): supernet, bilevel optimisers, diversity regulariser, derivation, release switches
+    (§8)."""
 
     init_channels: int = 16  # C of the supernet's first cells
     layers: int = 8  # supernet cells (reductions at layers//3 and 2*layers//3)
@@ -115,8 +118,8 @@ class SearchConfig:
     arch_weight_decay: float = 1e-3
     lam: float = 1.0  # diversity regulariser weight lambda (0 = the "No Div" ablation)
     tau: float = 7.7  # its decay: lambda * exp(-epoch / tau)
-    no_zeroise: bool = False  # remove Zeroise from the search space ("No Zeroise")
-    no_skip: bool = False  # remove the T_B skip connections ("No Skip")
+    exclude_zeroise: bool = False  # Zeroise out of the search space and the derivation ("No Zeroise")
+    skip: bool = True  # the T_B skip connections (false: the "No Skip" ablation)
     space: Literal["bnas", "darts"] = "bnas"  # the ops: S_B (the paper's), or DARTS's with binarised separable convs
     # (claim 6, "separable convs are detrimental"; needs supernet: reference)
     gamma: float = 3.0  # ImageNet transfer: Zeroise weights divided by gamma before deriving the ImageNet genotype
@@ -124,11 +127,13 @@ class SearchConfig:
     seed: int = 2  # the release's search seed
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch intra-op threads; 0 = torch's default
-    official_entropy_bug: bool = False  # release: the reduce entropy reads the last edge 14 times (bnas.md §8.3)
-    official_gamma_bug: bool = False  # release: gamma divides row 0 instead of the Zeroise column (bnas.md §8.4)
-    official_genotype_offset: bool = False  # release: keep the best epoch's START-of-epoch genotype (bnas.md §8.6)
+    official_entropy_bug: bool = False  # release: the reduce entropy reads the last edge 14 times (docs/bnas.md §8.3)
+    official_gamma_bug: bool = False  # release: gamma divides row 0 instead of the Zeroise column (docs/bnas.md §8.4)
+    official_genotype_offset: bool = False  # release: keep the best epoch's START-of-epoch genotype (docs/bnas.md §8.6)
     official_fp_tail: bool = False  # release BinOp index bug: the last 18 supernet convs keep FP weights (§8.1)
-    official_stale_filter: bool = False  # first release: preprocess and res conv weights binarised in search (§8.2)
+    official_binary_preprocess: bool = (
+        False  # first release: preprocess and res conv weights binarised in search (§8.2)
+    )
     official_lr_offset: bool = False  # release: scheduler stepped before each epoch, so epoch e uses cosine(e + 1)
     supernet: Literal["shared", "reference"] = "shared"  # shared: BN/sign/pools once per state (same math, faster)
     amp: bool = False  # opt-in bf16 autocast of the supernet forwards on CUDA (the release: float32); CPU: ignored
@@ -333,12 +338,22 @@ def _check_range(cls: type, name: str, value: Any, key: str, source: str) -> Non
         raise ConfigError(f"{source}: {key}: expected a value {rule}, got {value!r}")
 
 
+# keys that were renamed (one name per switch, end to end): a config that still uses the old name is told the new one
+RENAMED = {
+    "search.no_skip": "search.skip (negated: skip: false is the No Skip ablation)",
+    "search.no_zeroise": "search.exclude_zeroise",
+    "search.official_stale_filter": "search.official_binary_preprocess",
+}
+
+
 def _build(cls: type, values: Mapping[str, Any], prefix: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
         full = f"{prefix}.{key}" if prefix else str(key)
+        if full in RENAMED:
+            raise ConfigError(f"{source}: '{full}' is now {RENAMED[full]}")
         if key not in names:
             raise ConfigError(f"{source}: unknown key '{full}' (expected one of: {', '.join(names)})")
         kwargs[key] = _check_value(value, hints[key], full, source)
@@ -471,6 +486,27 @@ def _read_params(path: str | Path | None) -> tuple[dict[str, Any], str]:
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{source}: expected a mapping of groups at the top level, got {type(loaded).__name__}")
     return loaded or {}, source
+
+
+def pipeline_overrides(path: str | Path, profile: str) -> dict[str, Any]:
+    """The params that run the pipeline of dvc.yaml at `profile`: `profile` itself and, for each key of
+    `pipeline.<profile>` in the params file, `pipeline.<key>` (e.g. the paper profile's seeds and searches).
+
+    Raises:
+        ConfigError: a missing or malformed params file, or no `pipeline.<profile>` mapping in it.
+    """
+    raw, source = _read_params(path)
+    pipeline = raw.get("pipeline")
+    block = pipeline.get(profile) if isinstance(pipeline, dict) else None
+    if not isinstance(block, dict) or profile not in raw.get("profiles", {}):
+        have = (
+            sorted(k for k, v in (pipeline or {}).items() if isinstance(v, dict)) if isinstance(pipeline, dict) else []
+        )
+        raise ConfigError(
+            f"{source}: no pipeline.{profile} values for profile '{profile}' (expected a mapping under pipeline: and a "
+            f"profiles.{profile}; pipelines here: {', '.join(have) or 'none'})"
+        )
+    return {"profile": profile, **{f"pipeline.{k}": v for k, v in block.items()}}
 
 
 def _closest(name: str, names: list[str]) -> str:

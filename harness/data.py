@@ -6,7 +6,7 @@ The cache holds `{train,test}_{x,y}.npy` (NHWC uint8 / int64), the recorded BNAS
 source's content fingerprint. Training augments whole batches with tensor ops on the training device.
 
 ImageNet uses the standard folder layout (`train/<wnid>/*`, `val/<wnid>/*`) and the BNAS recipe's transforms
-(RandomResizedCrop 224, flip, ColorJitter(0.4, 0.4, 0.4, 0.2); val: resize 256, centre crop 224; bnas.md §5.4).
+(RandomResizedCrop 224, flip, ColorJitter(0.4, 0.4, 0.4, 0.2); val: resize 256, centre crop 224; docs/bnas.md §5.4).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def folder_fingerprint(root: str | Path) -> str:
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split indices per class by a seeded permutation: the first `fraction` of each class goes to the first part.
 
-    Used for BNAS's weight-training / architecture-validation halves of the CIFAR-10 train set (bnas.md §4).
+    Used for BNAS's weight-training / architecture-validation halves of the CIFAR-10 train set (docs/bnas.md §4).
     Both parts are returned sorted.
     """
     if not 0.0 < fraction < 1.0:
@@ -571,7 +571,8 @@ def _rgb_loader(path: str) -> Image.Image:
 
 
 def imagenet_transforms(cfg: Any, train: bool) -> Any:
-    """BNAS ImageNet transforms: train RandomResizedCrop+flip+ColorJitter, val resize+centre crop (bnas.md §5.4)."""
+    """BNAS ImageNet transforms: train RandomResizedCrop+flip+ColorJitter, val resize+centre crop (docs/bnas.md
+    §5.4)."""
     from torchvision import transforms as T
 
     norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]

@@ -4,7 +4,7 @@ Shaped like timm's `train.py` (`train_one_epoch()`, `validate()`), with hooks ar
 method can transform weights without its own loop (e.g. a hook that binarises latent weights before the forward pass,
 restores them after the backward pass and rescales their gradient).
 
-The BNAS networks' XNOR binarisation (bnas.md §1.2) needs no hook: it happens inside their binary convs' weight
+The BNAS networks' XNOR binarisation (docs/bnas.md §1.2) needs no hook: it happens inside their binary convs' weight
 quantizers (:class:`methods.binary.quantizers.XnorWeight`): the latent weights are centred and clamped in place at the
 first forward of each iteration and of each evaluation pass (the engine schedules it), and their gradient is rescaled
 inside autograd. The gradient clip (`train.clip_grad`, BNAS ImageNet: 5) still measures the norm the release's clip
@@ -91,7 +91,7 @@ class Hook:
 
 
 class DropPathSchedule(Hook):
-    """Linear drop-path ramp p(epoch) = p_max * epoch / epochs (DARTS/BNAS CIFAR recipe, bnas.md §5.3).
+    """Linear drop-path ramp p(epoch) = p_max * epoch / epochs (DARTS/BNAS CIFAR recipe, docs/bnas.md §5.3).
 
     Sets `model.drop_path_prob` when the model has it (DARTS-style cells) and the `drop_prob` of every timm
     `DropPath` module.
@@ -217,8 +217,9 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> IterScheduler:
     """The per-iteration schedule of the run.
 
-    - `onecycle`: the BNAS CIFAR recipe (bnas.md §5.3): lr/div -> lr -> lr/div over 2 x `onecycle_pct` of the steps,
-      then down to lr/div/final_div; momentum 0.95 -> 0.85 -> 0.95. torch's three-phase linear OneCycleLR is exactly it.
+    - `onecycle`: the BNAS CIFAR recipe (docs/bnas.md §5.3): lr/div -> lr -> lr/div over 2 x `onecycle_pct` of the
+      steps, then down to lr/div/final_div; momentum 0.95 -> 0.85 -> 0.95. torch's three-phase linear OneCycleLR is
+      exactly it.
     - `cosine`: timm cosine decay to `min_lr` with optional warm-up.
     - `cosine_restarts`: timm cosine with cycles of `restart_epochs` (BNAS ImageNet: T_0 = 50, eta_min = 0).
     - `linear`: timm poly schedule with power 1, a linear decay to `min_lr` (Bi-Real from-scratch recipe).
@@ -323,7 +324,7 @@ def clip_grad_norm_release_order(
 
     The release (train_imagenet.py) clips with `clip_grad_norm(model.parameters(), 5)` while its binarised conv
     weights hold W_b = alpha*sign(W), i.e. on g = dL/dW_b, and only then restores the latent weights and replaces g
-    by XNOR-Net-PyTorch's rescaled gradient (`updateBinaryGradWeight`, bnas.md §1.2). Here that rescale runs inside
+    by XNOR-Net-PyTorch's rescaled gradient (`updateBinaryGradWeight`, docs/bnas.md §1.2). Here that rescale runs inside
     autograd (XnorWeight `grad="xnor_rescale"`), so `.grad` is already rescaled: a plain clip would see a norm 17-23x
     larger on a small BNAS-D (almost all of it the rescale's) and shrink every update accordingly. The rescale is
     linear in g, so clipping g by a factor and then rescaling equals rescaling and then scaling by that factor: this
@@ -418,7 +419,7 @@ def train_one_epoch(
             scaler.unscale_(optimizer)
         else:
             loss.backward()
-        if cfg.clip_grad > 0:  # on the gradients before the XNOR rescale, as the release (bnas.md §1.2)
+        if cfg.clip_grad > 0:  # on the gradients before the XNOR rescale, as the release (docs/bnas.md §1.2)
             clip_grad_norm_release_order(inner, params, cfg.clip_grad, rescaled=rescaled)
         for h in hooks:
             h.after_backward(inner)

@@ -12,7 +12,7 @@ atomically).
 - `cells_<search>_seed<N>.png`: the searched normal and reduction cells (genotype_derived.json, else genotype.json)
   as arc diagrams (:func:`draw_genotype`; `bnas show` draws any genotype): each edge labelled with its op's full name
   as in the legend, no edge through a node, the T_B skip drawn only where the search had it (its config.yaml's
-  `search.no_skip`).
+  `search.skip`).
 - `alphas_<search>_seed<N>.png`: softmax(alpha) - 1/K heatmaps of both cells at up to 5 evenly spaced search epochs
   and the last; rows: the 14 edges in the supernet's order, labelled node <- input (:func:`edge_labels`); columns:
   the search space's ops (the epoch files' `primitives`, S_B or the DARTS space).
@@ -276,7 +276,7 @@ def _state_tex(j: int) -> str:
 def edge_labels(steps: int = 4) -> list[str]:
     """The edges of a cell in the supernet's (DARTS) order, as "n<i> ← <input>": node i reads the states 0..i+1
     (0 = c_{k-2}, 1 = c_{k-1}, 2.. = nodes 0..), the edge (i, j) at index sum(2 + m for m < i) + j
-    (`methods.bnas.supernet.edge_index`); 14 edges for 4 nodes."""
+    (`methods.bnas.search_cell.edge_index`); 14 edges for 4 nodes."""
     return [f"n{i} ← {_state_tex(j)}" for i in range(steps) for j in range(2 + i)]
 
 
@@ -776,14 +776,14 @@ def write_figures(
     for sdir in sorted((runs_root / "cifar10").glob("search*/seed*")):
         tag = f"{sdir.parent.name}_{sdir.name}"
         search = _search_config(sdir)
-        skip = not bool(search.get("no_skip", False))
+        skip = bool(search.get("skip", not search.get("no_skip", False)))  # no_skip: runs before the rename
         space = str(search.get("space", "bnas"))
         g = sdir / "genotype_derived.json"
         if not g.is_file():
             g = sdir / "genotype.json"
         if g.is_file():
             title = f"cells of {sdir.parent.name}/{sdir.name} ({g.name}; space {space}"
-            title += ")" if skip else "; search.no_skip: no T_B skip)"
+            title += ")" if skip else "; search.skip: false, no T_B skip)"
             paths.append(
                 draw_genotype(
                     genotype_from_json(g),

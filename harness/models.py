@@ -23,7 +23,7 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     import timm
 
     import methods  # noqa: F401  (registers models)
-    from methods._registry import ModelKwargError
+    from methods.registry import ModelKwargError
 
     if not timm.is_model(name):
         names = timm.list_models()

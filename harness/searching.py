@@ -1,4 +1,4 @@
-"""`bnas search`: the BNAS architecture search on the recorded 25k/25k CIFAR-10 split (bnas.md §4).
+"""`bnas search`: the BNAS architecture search on the recorded 25k/25k CIFAR-10 split (docs/bnas.md §4).
 
 Selection: the epoch with the best accuracy on the (sub-sampled) validation split, evaluated after each epoch. Its
 end-of-epoch genotype (the one evaluated) is the result; `search.official_genotype_offset` keeps the genotype at the
@@ -115,15 +115,17 @@ def load_alphas(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, tuple[str
 
 
 def derive_from_alphas(
-    path: str | Path, *, gamma: float = 1.0, gamma_compat_row: bool = False, no_zeroise: bool = False
+    path: str | Path, *, gamma: float = 1.0, official_gamma_bug: bool = False, exclude_zeroise: bool = False
 ) -> Any:
-    """Re-derive a genotype from saved alphas (bnas.md §4); see :func:`methods.bnas.search.derive_genotype`."""
+    """Re-derive a genotype from saved alphas (docs/bnas.md §4); see :func:`methods.bnas.search.derive_genotype`."""
     from methods.bnas.search import derive_genotype
 
     if gamma <= 0:
         raise DataError(f"--gamma must be positive, got {gamma}")
     an, ar, prims = load_alphas(path)
-    return derive_genotype(an, ar, prims, exclude_zeroise=no_zeroise, gamma=gamma, official_gamma_bug=gamma_compat_row)
+    return derive_genotype(
+        an, ar, prims, exclude_zeroise=exclude_zeroise, gamma=gamma, official_gamma_bug=official_gamma_bug
+    )
 
 
 def _genotype_dict(g: Any) -> dict[str, Any]:
@@ -220,12 +222,12 @@ def _supernet(sc: Any, rt: Runtime) -> Any:
         sc.init_channels,
         sc.layers,
         num_classes=10,
-        no_zeroise=sc.no_zeroise,
-        skip=not sc.no_skip,
+        exclude_zeroise=sc.exclude_zeroise,
+        skip=sc.skip,
         space=sc.space,
         impl=sc.supernet,
         official_fp_tail=sc.official_fp_tail,
-        binary_preprocess=sc.official_stale_filter,
+        official_binary_preprocess=sc.official_binary_preprocess,
         activation_checkpointing=sc.activation_checkpointing,
     ).to(rt.device)
     if rt.distributed:
@@ -241,11 +243,13 @@ def _supernet(sc: Any, rt: Runtime) -> Any:
 
 
 def _searcher(sc: Any, net: Any, rt: Runtime) -> Any:
-    """The BNAS searcher (bi-level optimisation, diversity regulariser) over `net` with `sc`'s hyperparameters."""
-    from methods.bnas.search import BnasSearcher
+    """The BNAS searcher (bi-level optimisation, diversity regulariser) over `net` with `sc`'s hyperparameters, from
+    the searcher registry of `methods/`."""
+    from methods.registry import create_searcher
 
-    searcher = BnasSearcher(
-        net,
+    searcher = create_searcher(
+        "bnas",
+        supernet=net,
         epochs=sc.epochs,
         lr=sc.lr,
         lr_min=sc.lr_min,
@@ -283,7 +287,7 @@ def _search_epoch(searcher: Any, d: _SearchData, sc: Any, epoch: int, rt: Runtim
     net = searcher.net
     t0 = time.perf_counter()
     searcher.new_epoch(epoch)
-    g_start = _genotype_dict(searcher.genotype(exclude_zeroise=sc.no_zeroise))
+    g_start = _genotype_dict(searcher.genotype(exclude_zeroise=sc.exclude_zeroise))
     a_start = alphas_dict(net.alphas_normal, net.alphas_reduce, net.primitives)
     d.set_epoch(epoch)
     it: Any = zip(d.train, d.arch_batches(epoch), strict=False)  # the architecture batches never run out
@@ -301,7 +305,7 @@ def _search_epoch(searcher: Any, d: _SearchData, sc: Any, epoch: int, rt: Runtim
     row: dict[str, Any] = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()}}
     net.eval()
     ev = evaluate(searcher.forward, d.selection, rt)
-    g_end = _genotype_dict(searcher.genotype(exclude_zeroise=sc.no_zeroise))
+    g_end = _genotype_dict(searcher.genotype(exclude_zeroise=sc.exclude_zeroise))
     row.update(
         {
             "val/loss": ev["val/loss"],
@@ -345,7 +349,7 @@ def _write_results(out: Path, searcher: Any, best: dict[str, Any], last_epoch: i
             ar,
             net.primitives,
             net.steps,
-            exclude_zeroise=sc.no_zeroise,
+            exclude_zeroise=sc.exclude_zeroise,
             gamma=sc.gamma,
             official_gamma_bug=sc.official_gamma_bug,
         )
@@ -359,7 +363,7 @@ def _write_results(out: Path, searcher: Any, best: dict[str, Any], last_epoch: i
         "epoch": best["epoch"],
         "val_top1": best["val_top1"],
         "selection": selection,
-        "genotype_final": _genotype_dict(searcher.genotype(exclude_zeroise=sc.no_zeroise)),
+        "genotype_final": _genotype_dict(searcher.genotype(exclude_zeroise=sc.exclude_zeroise)),
         # the ImageNet-transfer genotype of the selected alphas (the release: of the same epoch)
         "genotype_imagenet": imagenet(torch.tensor(chosen["alphas_normal"]), torch.tensor(chosen["alphas_reduce"])),
         "genotype_imagenet_final": imagenet(net.alphas_normal, net.alphas_reduce),

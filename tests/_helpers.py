@@ -1,5 +1,6 @@
 """Small builders shared by the tests: real CIFAR-10 subsets with timm's tiny `test_resnet` (engine tests), and the
-wait for a server started in a subprocess (the `bnas ui` tests)."""
+wait for a server started in a subprocess (the `bnas ui` tests), and the test-only switches of the binary layers and
+the search supernet (an exact XNOR scale, loading a reference supernet into a shared one)."""
 
 from __future__ import annotations
 
@@ -75,3 +76,39 @@ def wait_until_serving(proc: subprocess.Popen, url: str, log: Path, timeout_s: f
             return urllib.request.urlopen(url, timeout=2).status
         except OSError:
             time.sleep(0.5)
+
+
+def pow2_xnor_alpha(w: torch.Tensor) -> torch.Tensor:
+    """XNOR-Net's per-filter scale mean |W| rounded to a power of two: patched over
+    `methods.binary.quantizers._xnor_alpha`, it makes the scale an exact multiply, so that binary sums are exact in
+    float64 and two implementations of the same math compare bit for bit (docs/internals.md, "Testing exactness")."""
+    alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+    return torch.exp2(torch.round(torch.log2(alpha)))
+
+
+@torch.no_grad()
+def copy_from_reference(shared: Any, ref: Any) -> None:
+    """Load a reference supernet's weights, BN statistics and alphas into a shared one of the same configuration.
+
+    Every BN of the reference that reads the same state has the same statistics; the first edge's is taken.
+    """
+    from methods.bnas.search_cell import SearchCell
+    from methods.bnas.supernet_shared import SharedSearchCell
+
+    if shared.impl != "shared" or ref.impl != "reference" or len(shared.cells) != len(ref.cells):
+        raise ValueError("copy_from_reference needs a shared and a reference SuperNet of the same configuration")
+    own = shared.state_dict()
+    for name, t in ref.state_dict().items():
+        if ".edges." not in name:
+            own[name].copy_(t)
+    for sc, rc in zip(shared.cells, ref.cells, strict=True):
+        assert isinstance(sc, SharedSearchCell) and isinstance(rc, SearchCell)
+        for h, ops in enumerate(sc.state_ops):
+            first = rc.edges[sc.edge_ids[h][0]]
+            if ops.bn is not None:
+                ops.bn.load_state_dict(first.op(next(iter(ops.convs))).bn.state_dict())
+            for name, pool in ops.pools.items():
+                pool[1].load_state_dict(first.op(name)[1].state_dict())
+            for name in ops.convs:
+                for e in sc.edge_ids[h]:
+                    sc.edge_weight(e, name).copy_(rc.edges[e].conv(name).weight)

@@ -350,7 +350,11 @@ def test_derive_re_derives_a_genotype_from_saved_alphas(tmp_path):
     alphas = tmp_path / "alphas.json"
     alphas.write_text(json.dumps({"alphas_normal": an.tolist(), "alphas_reduce": ar.tolist()}))
     out = {}
-    for name, extra in {"plain": [], "gamma": ["--gamma", "3"], "row": ["--gamma", "3", "--gamma-compat-row"]}.items():
+    for name, extra in {
+        "plain": [],
+        "gamma": ["--gamma", "3"],
+        "row": ["--gamma", "3", "--official-gamma-bug"],
+    }.items():
         res = CliRunner().invoke(
             cli, ["derive", "--alphas", str(alphas), "--out", str(tmp_path / f"{name}.json"), *extra]
         )

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -151,9 +152,7 @@ def _micro_copy(dst: Path, cifar_cache: Path, imagenette: Path) -> None:
         "cifar_recipe": "shared",
         "seeds": [0],
         "cifar_methods": ["bireal_resnet18_cifar"],
-        "searches": [
-            {"search": "search", "seed": 2, "derive": "--gamma 1", "retrain": "bnas_searched", "train_seed": 0}
-        ],
+        "searches": [{"search": "search", "seed": 2, "retrain": "bnas_searched", "train_seed": 0}],
         "imagenet_source": [str(imagenette)],  # the opt-in ImageNet path, on the real Imagenette subset
         "imagenet_methods": ["bnas_d"],
         "imagenet_seeds": [0],
@@ -235,8 +234,6 @@ def test_micro_profile_dvc_repro_end_to_end(cifar_cache, data_root, tmp_path):
 def test_small_profile_has_three_seeds_of_every_row_and_every_search():
     """The small pipeline (issue 15): >= 3 seeds of every CIFAR-10 row and of every search variant, each derived cell
     retrained with its own train seed, all into runs/small/ and the committed results/; `make repro-small` runs it."""
-    from collections import Counter
-
     params = yaml.safe_load((REPO / "pipelines" / "params.yaml").read_text())
     small = params["pipeline"]["small"]
     assert len(set(small["seeds"])) >= 3
@@ -260,3 +257,26 @@ def test_small_profile_has_three_seeds_of_every_row_and_every_search():
         # no trained weights among the outputs: a fresh clone holds every output these stages declare
         assert not any(str(o).endswith(".pt") for o in st.outs), st.addressing
     assert "dvc repro pipelines/small/dvc.yaml" in (REPO / "Makefile").read_text()
+
+
+def test_paper_profile_lists_live_in_params_and_reach_dvc_exp_run_whole():
+    """`make repro-paper` keeps no copy of the paper's lists: `bnas config --pipeline paper` turns pipeline.paper
+    into `dvc exp run -S` arguments, one per line, each a whole YAML value."""
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+
+    assert "bnas config --pipeline paper | xargs -d '\\n' $(BIN)/dvc exp run" in (REPO / "Makefile").read_text()
+    res = CliRunner().invoke(
+        cli, ["config", "--params", str(REPO / "pipelines" / "params.yaml"), "--pipeline", "paper"]
+    )
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0::2] == ["-S"] * (len(lines) // 2)
+    sets = dict(a.split(":", 1)[1].split("=", 1) for a in lines[1::2])
+    assert yaml.safe_load(sets["profile"]) == "paper"
+    assert yaml.safe_load(sets["pipeline.cifar_recipe"]) == "bnas_cifar_paper"
+    assert yaml.safe_load(sets["pipeline.seeds"]) == [0, 1, 2, 3, 4]
+    searches = yaml.safe_load(sets["pipeline.searches"])
+    assert Counter(s["search"] for s in searches)["search"] == 5 and all(" " not in a for a in lines)
+    assert set(searches[0]) == {"search", "seed", "retrain", "train_seed"}  # no derivation flags: one rule for all

@@ -21,8 +21,8 @@ import torch
 from timm.layers import SelectAdaptivePool2d
 from torch import nn
 
-from methods._registry import check_model_kwargs, constructor_kwargs
 from methods.binary import BinaryConv2d, LearnedScale
+from methods.registry import check_model_kwargs, constructor_kwargs
 
 __all__ = ["BinaryResNet", "BinaryBasicBlock", "BiRealBlock", "ConvFactory", "check_resnet_kwargs"]
 

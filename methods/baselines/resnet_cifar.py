@@ -13,7 +13,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from methods._registry import check_model_kwargs, constructor_kwargs
+from methods.registry import check_model_kwargs, constructor_kwargs
 
 __all__ = ["resnet18_cifar"]
 

@@ -2,7 +2,7 @@
 
 A binary conv's input is sign(x) in {-1, +1} (zero padding adds 0) and every output filter of its weight is
 +-alpha_c (XNOR-Net, Bi-Real, BinaryNet). Its output is therefore alpha_c times an integer sum, which an int8 conv
-with int32 accumulation computes exactly (search_performance.md, "Beyond 2.5x"). The input goes in as uint8
+with int32 accumulation computes exactly (docs/internals.md, "CPU kernels"). The input goes in as uint8
 {0, 2} with zero point 1 (so the zero padding, which oneDNN fills with the zero point, is 0), the weight as int8
 {-1, +1} with per-filter scale alpha_c; the output comes back in float32 as fp32(k * alpha_c), rounded once. The
 float32 path (F.conv2d) sums +-alpha_c terms and rounds at every partial sum, so the two can differ by a few ulp;

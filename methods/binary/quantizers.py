@@ -180,13 +180,9 @@ class ApproxSign(nn.Module):
 GradMode = Literal["ste", "exact", "xnor_rescale"]
 
 
-def _xnor_alpha(w: torch.Tensor, pow2: bool) -> torch.Tensor:
-    """XNOR-Net's per-output-filter scale mean |W| over (C_in, kh, kw), shape (C_out, 1, 1, 1); optionally rounded to
-    a power of two (`XnorWeight.pow2_scale`)."""
-    alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
-    if pow2:
-        alpha = torch.exp2(torch.round(torch.log2(alpha)))
-    return alpha
+def _xnor_alpha(w: torch.Tensor) -> torch.Tensor:
+    """XNOR-Net's per-output-filter scale mean |W| over (C_in, kh, kw), shape (C_out, 1, 1, 1)."""
+    return w.abs().mean(dim=(1, 2, 3), keepdim=True)
 
 
 def _xnor_rescale_factor(w: torch.Tensor) -> float:
@@ -196,8 +192,8 @@ def _xnor_rescale_factor(w: torch.Tensor) -> float:
 
 class _XnorWeightFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w: torch.Tensor, mode: str, pow2: bool, rows: torch.Tensor | None, owner: XnorWeight | None):  # type: ignore[override]
-        alpha = _xnor_alpha(w, pow2)
+    def forward(ctx, w: torch.Tensor, mode: str, rows: torch.Tensor | None, owner: XnorWeight | None):  # type: ignore[override]
+        alpha = _xnor_alpha(w)
         s = binary_sign(w)
         ctx.save_for_backward(w, s, alpha, rows)
         ctx.mode = mode
@@ -206,7 +202,7 @@ class _XnorWeightFn(torch.autograd.Function):
         return wb if rows is None else torch.where(rows.view(-1, 1, 1, 1), wb, w)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None]:  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # type: ignore[override]
         if ctx.owner is not None:
             ctx.owner._grad_seen = True  # a gradient reached the latent weights: the next forward preps them again
         w, s, alpha, rows = ctx.saved_tensors
@@ -219,7 +215,7 @@ class _XnorWeightFn(torch.autograd.Function):
                 grad = grad * _xnor_rescale_factor(w)
         if rows is not None:
             grad = torch.where(rows.view(-1, 1, 1, 1), grad, g)
-        return grad, None, None, None, None
+        return grad, None, None, None
 
 
 @register_quantizer("xnor_weight")
@@ -228,7 +224,7 @@ class XnorWeight(nn.Module):
 
     Before binarising, the latent weights may be mean-centred over the input-channel dimension and clamped to
     [-1, 1] **in place** (permanently; the "prep"), as XNOR-Net-PyTorch's and the BNAS release's `binarization()` do
-    (bnas.md §1.2). The release preps once per training iteration (before its first forward: in the search before
+    (docs/bnas.md §1.2). The release preps once per training iteration (before its first forward: in the search before
     both the architecture and the weight step) and once per evaluation pass (before the first batch). Centring after
     clamping is not idempotent (where the clamp fired, a second pass moves the weights again and may flip signs), so
     this module preps at a forward only when one of these happened since its last prep:
@@ -251,17 +247,14 @@ class XnorWeight(nn.Module):
       - "exact": the derivative of alpha*sign(W) with an identity STE on sign:
         alpha * g + sign(W) * mean_filter(sign(W) * g).
       - "xnor_rescale": "exact" times n*(1 - 1/C_in), n = C_in*k*k: XNOR-Net-PyTorch's `updateBinaryGradWeight`,
-        used by BNAS (bnas.md §1.2). It is a large per-layer gradient multiplier (1296 for a 144-channel 3x3 conv).
+        used by BNAS (docs/bnas.md §1.2). It is a large per-layer gradient multiplier (1296 for a 144-channel 3x3 conv).
         The release applies it after its gradient-norm clip (ImageNet), to the gradient w.r.t. W_b;
         :meth:`raw_grad` recovers that gradient from the rescaled one for a release-order clip
         (`harness.engine.clip_grad_norm_release_order`).
 
-    Two attributes exist for grouped weights and for tests:
-      - `binary_rows`: an optional bool tensor over output filters; filters where it is False stay full precision
-        (not centred, clamped or binarised; plain gradient). Used to keep a grouped weight tensor equal to separate
-        convs of which some are FP (the release's BinOp index bug, bnas.md §8.1).
-      - `pow2_scale` (test only): round alpha to a power of two, so that binary sums are exact in float64 and two
-        implementations of the same math can be compared without ReLU/sign ties (search_performance.md).
+    `binary_rows`: an optional bool tensor over output filters; filters where it is False stay full precision (not
+    centred, clamped or binarised; plain gradient). Used to keep a grouped weight tensor equal to separate convs of
+    which some are FP (the release's BinOp index bug, docs/bnas.md §8.1).
 
     Reference: Rastegari et al., "XNOR-Net", ECCV 2016, arXiv 1603.05279.
     """
@@ -273,7 +266,6 @@ class XnorWeight(nn.Module):
         if grad not in ("ste", "exact", "xnor_rescale"):
             raise ValueError(f"grad must be 'ste', 'exact' or 'xnor_rescale', got {grad!r}")
         self.center, self.clamp, self.grad = center, clamp, grad
-        self.pow2_scale = False
         self.binary_rows: torch.Tensor | None = None
         self._prep_stamp: tuple[int, int, bool] | None = None  # (data_ptr, _version, training) after the last prep
         self._grad_seen = False  # a backward pass reached the latent weights since the last prep
@@ -311,7 +303,7 @@ class XnorWeight(nn.Module):
             if not compiling:
                 self._prep_stamp = (w.data_ptr(), w._version, self.training)
                 self._grad_seen = False
-        return _XnorWeightFn.apply(w, self.grad, self.pow2_scale, rows, None if compiling else self)
+        return _XnorWeightFn.apply(w, self.grad, rows, None if compiling else self)
 
     @torch.no_grad()
     def raw_grad(self, w: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -330,7 +322,7 @@ class XnorWeight(nn.Module):
         c = _xnor_rescale_factor(w)
         if c == 0.0:  # C_in = 1: the rescale zeroes the gradient, there is nothing to recover
             return grad
-        alpha = _xnor_alpha(w, self.pow2_scale).to(grad.dtype)
+        alpha = _xnor_alpha(w).to(grad.dtype)
         s = binary_sign(w).to(grad.dtype)
         m = (s * grad).mean(dim=(1, 2, 3), keepdim=True)
         pos = alpha > 0

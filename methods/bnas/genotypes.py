@@ -1,6 +1,6 @@
 """BNAS genotypes: the search spaces' primitives and the published cells, as data.
 
-Kim, Singh, Choi, "Learning Architectures for Binary Networks", ECCV 2020, arXiv 2002.06963 (bnas.md §2, §5.1).
+Kim, Singh, Choi, "Learning Architectures for Binary Networks", ECCV 2020, arXiv 2002.06963 (docs/bnas.md §2, §5.1).
 Two search spaces: the paper's S_B (`PRIMITIVES`) and the DARTS space with its convs binarised (`DARTS_PRIMITIVES`;
 Liu et al., "DARTS", ICLR 2019), to test the paper's claim that separable convs are detrimental to binary networks.
 A genotype lists, per intermediate node, two (operation, input) pairs; inputs 0 and 1 are the cell inputs c_{k-2} and
@@ -104,7 +104,7 @@ def _g(normal: list[tuple[str, int]], reduce: list[tuple[str, int]]) -> Genotype
     return Genotype(tuple(normal), (2, 3, 4, 5), tuple(reduce), (2, 3, 4, 5)).validate()
 
 
-# `latest_cell_zeroise`: the CIFAR-10 cell of BNAS-A (release commands and README figures; bnas.md §5.1).
+# `latest_cell_zeroise`: the CIFAR-10 cell of BNAS-A (release commands and README figures; docs/bnas.md §5.1).
 BNAS_CIFAR = _g(
     [
         ("none", 1),
@@ -128,7 +128,7 @@ BNAS_CIFAR = _g(
     ],
 )
 
-# `latest_cell`: the ImageNet cell of BNAS-D..H (release `--arch latest_cell`; bnas.md §5.1).
+# `latest_cell`: the ImageNet cell of BNAS-D..H (release `--arch latest_cell`; docs/bnas.md §5.1).
 BNAS_IMAGENET = _g(
     [
         ("bin_conv_3x3", 1),

@@ -1,4 +1,4 @@
-"""The discrete BNAS networks built from a genotype with the cell template T_B (bnas.md §3, §5), as timm models.
+"""The discrete BNAS networks built from a genotype with the cell template T_B (docs/bnas.md §3, §5), as timm models.
 
 Kim, Singh, Choi, "Learning Architectures for Binary Networks", ECCV 2020, arXiv 2002.06963.
 
@@ -17,9 +17,9 @@ space's (separable and dilated separable convs, whose depthwise convs are binary
 at stride 1 and a binary factorized reduction at stride 2). As in DARTS (Liu et al., ICLR 2019), drop-path is not
 applied to identity ops.
 
-Release switches (bnas.md §8): `official_fp_tail=True` leaves the last two cell convs with FP weights (the BinOp index
-bug at HEAD; their inputs stay binary); `binary_res_weights=True` binarises the residual convs' weights (their input
-stays real), as the first release did — the convention the published BNAS FLOPs assume.
+Release switches (docs/bnas.md §8): `official_fp_tail=True` leaves the last two cell convs with FP weights (the BinOp
+index bug at HEAD, §8.1; their inputs stay binary); `official_binary_res_weights=True` binarises the residual convs'
+weights (their input stays real), as the first release did (§8.2) — the convention the published BNAS FLOPs assume.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from timm.layers import SelectAdaptivePool2d, drop_path
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from methods._registry import check_model_kwargs, constructor_kwargs
 from methods.binary import BinaryConv2d
 from methods.binary.int8_conv import is_channels_last
 from methods.bnas.genotypes import Genotype, genotype_from_json, get_genotype
-from methods.bnas.operations import OPS, BinConvBlock, xnor_weight_quantizer
+from methods.bnas.operations import BinConvBlock, build_op, xnor_weight_quantizer
+from methods.registry import check_model_kwargs, constructor_kwargs
 
 __all__ = ["BnasCell", "BnasNetwork", "bnas_a", "bnas_d", "bnas_e", "bnas_f", "bnas_g", "bnas_h"]
 
@@ -54,7 +54,7 @@ class BnasCell(nn.Module):
         first: bool,
         skip: bool = True,
         reduce_pre_affine: bool = False,
-        binary_res_weights: bool = False,
+        official_binary_res_weights: bool = False,
     ) -> None:
         super().__init__()
         self.reduction = reduction
@@ -69,14 +69,14 @@ class BnasCell(nn.Module):
         self.op_names = [name for name, _ in ops]
         self.indices = [j for _, j in ops]
         self.concat = list(concat)
-        self.ops = nn.ModuleList(OPS[name](c, 2 if reduction and j < 2 else 1, True) for name, j in ops)
+        self.ops = nn.ModuleList(build_op(name, c, 2 if reduction and j < 2 else 1, True) for name, j in ops)
         self.c = c
         self.has_skip = skip and not first
         self.preprocess_res: nn.Module | None = None
         if self.has_skip and reduction:
             res = (
                 BinaryConv2d(c_p, 4 * c, 2, 2, bias=True, weight_quantizer=xnor_weight_quantizer())
-                if binary_res_weights
+                if official_binary_res_weights
                 else nn.Conv2d(c_p, 4 * c, 2, 2, bias=True)
             )
             self.preprocess_res = nn.Sequential(nn.BatchNorm2d(c_p), res)
@@ -148,7 +148,7 @@ class BnasNetwork(nn.Module):
         in_chans: int = 3,
         global_pool: str = "avg",
         drop_rate: float = 0.0,
-        binary_res_weights: bool = False,
+        official_binary_res_weights: bool = False,
         official_fp_tail: bool = False,
     ) -> None:
         super().__init__()
@@ -191,7 +191,7 @@ class BnasNetwork(nn.Module):
                     first=i == 0,
                     skip=skip,
                     reduce_pre_affine=imagenet,
-                    binary_res_weights=binary_res_weights,
+                    official_binary_res_weights=official_binary_res_weights,
                 )
             )
             reduction_prev = reduction
@@ -281,7 +281,7 @@ default_cfgs = generate_default_cfgs(
     }
 )
 
-# (layers, init_channels) of the release's train_imagenet.py `configs` (bnas.md §5.2)
+# (layers, init_channels) of the release's train_imagenet.py `configs` (docs/bnas.md §5.2)
 _IMAGENET_CONFIGS = {"d": (12, 64), "e": (12, 68), "f": (15, 68), "g": (11, 74), "h": (16, 128)}
 
 

@@ -1,4 +1,4 @@
-"""The candidate operations of the BNAS search spaces as used in the final (discrete) networks (bnas.md §1.3, §2).
+"""The candidate operations of the BNAS search spaces as used in the final (discrete) networks (docs/bnas.md §1.3, §2).
 
 Kim, Singh, Choi, "Learning Architectures for Binary Networks", ECCV 2020, arXiv 2002.06963.
 
@@ -14,7 +14,8 @@ the depthwise convs use :class:`DepthwiseXnorWeight` (no centring, see there).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,11 @@ from torch import nn
 from methods.binary import BinaryConv2d, XnorWeight
 
 __all__ = [
-    "OPS",
+    "CONV_OPS",
+    "OP_SPECS",
+    "OpSpec",
+    "build_op",
+    "conv_geometry",
     "BinConvBlock",
     "BinDilSepConv",
     "BinFactorizedReduce",
@@ -175,7 +180,7 @@ def skip_connect(c: int, stride: int, affine: bool) -> nn.Module:
 
 
 class Zeroise(nn.Module):
-    """Outputs zeros; with stride 2 the shape of x[:, :, ::2, ::2] (bnas.md §2)."""
+    """Outputs zeros; with stride 2 the shape of x[:, :, ::2, ::2] (docs/bnas.md §2)."""
 
     def __init__(self, stride: int) -> None:
         super().__init__()
@@ -187,20 +192,76 @@ class Zeroise(nn.Module):
         return x.new_zeros(x.shape[0], x.shape[1], (x.shape[2] + 1) // 2, (x.shape[3] + 1) // 2)
 
 
-OpFactory = Callable[[int, int, bool], nn.Module]
+OpKind = Literal["zero", "max_pool", "avg_pool", "conv", "sep_conv", "dil_sep_conv", "skip"]
 
-OPS: dict[str, OpFactory] = {
-    "none": lambda c, stride, affine: Zeroise(stride),
-    "max_pool_3x3": lambda c, stride, affine: nn.MaxPool2d(3, stride, 1),
-    "avg_pool_3x3": lambda c, stride, affine: nn.AvgPool2d(3, stride, 1, count_include_pad=False),
-    "bin_dil_conv_3x3": lambda c, stride, affine: BinConvBlock(c, c, 3, stride, 2, 2, affine),
-    "bin_dil_conv_5x5": lambda c, stride, affine: BinConvBlock(c, c, 5, stride, 4, 2, affine),
-    "bin_conv_3x3": lambda c, stride, affine: BinConvBlock(c, c, 3, stride, 1, 1, affine),
-    "bin_conv_5x5": lambda c, stride, affine: BinConvBlock(c, c, 5, stride, 2, 1, affine),
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One candidate op of a search space (docs/bnas.md §2): what it is and, for pools and convs, its geometry."""
+
+    kind: OpKind
+    kernel: int = 0
+    dilation: int = 1
+
+    @property
+    def padding(self) -> int:
+        """The padding that keeps the spatial size at stride 1: dilation * (kernel - 1) / 2."""
+        return self.dilation * (self.kernel - 1) // 2
+
+
+# The one op vocabulary: the final networks (`build_op`), the per-op search cell and the shared one all read it.
+OP_SPECS: dict[str, OpSpec] = {
+    # S_B, the paper's space, in its op order
+    "none": OpSpec("zero"),
+    "max_pool_3x3": OpSpec("max_pool", 3),
+    "avg_pool_3x3": OpSpec("avg_pool", 3),
+    "bin_dil_conv_3x3": OpSpec("conv", 3, 2),
+    "bin_dil_conv_5x5": OpSpec("conv", 5, 2),
+    "bin_conv_3x3": OpSpec("conv", 3),
+    "bin_conv_5x5": OpSpec("conv", 5),
     # the DARTS space, binarised (Liu et al., ICLR 2019)
-    "skip_connect": skip_connect,
-    "bin_sep_conv_3x3": lambda c, stride, affine: BinSepConv(c, c, 3, stride, 1, affine),
-    "bin_sep_conv_5x5": lambda c, stride, affine: BinSepConv(c, c, 5, stride, 2, affine),
-    "bin_dil_sep_conv_3x3": lambda c, stride, affine: BinDilSepConv(c, c, 3, stride, 2, 2, affine),
-    "bin_dil_sep_conv_5x5": lambda c, stride, affine: BinDilSepConv(c, c, 5, stride, 4, 2, affine),
+    "skip_connect": OpSpec("skip"),
+    "bin_sep_conv_3x3": OpSpec("sep_conv", 3),
+    "bin_sep_conv_5x5": OpSpec("sep_conv", 5),
+    "bin_dil_sep_conv_3x3": OpSpec("dil_sep_conv", 3, 2),
+    "bin_dil_sep_conv_5x5": OpSpec("dil_sep_conv", 5, 2),
 }
+# the single-conv ops (one binary conv each): S_B's four convs
+CONV_OPS: tuple[str, ...] = tuple(name for name, spec in OP_SPECS.items() if spec.kind == "conv")
+
+
+def conv_geometry(name: str) -> tuple[int, int, int]:
+    """(kernel, dilation, padding) of a single-conv op (one of `CONV_OPS`).
+
+    Raises:
+        ValueError: not a single-conv op.
+    """
+    if name not in CONV_OPS:
+        raise ValueError(f"conv_geometry: {name!r} is not a single-conv op of S_B ({', '.join(CONV_OPS)})")
+    spec = OP_SPECS[name]
+    return spec.kernel, spec.dilation, spec.padding
+
+
+def build_op(name: str, c: int, stride: int, affine: bool) -> nn.Module:
+    """Op `name` of the final networks on C channels: Zeroise, a pool without BN, or its binary convs.
+
+    Raises:
+        ValueError: an op outside `OP_SPECS`.
+    """
+    spec = OP_SPECS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown op {name!r}; expected one of {', '.join(OP_SPECS)}")
+    k, pad, dil = spec.kernel, spec.padding, spec.dilation
+    if spec.kind == "zero":
+        return Zeroise(stride)
+    if spec.kind == "max_pool":
+        return nn.MaxPool2d(k, stride, pad)
+    if spec.kind == "avg_pool":
+        return nn.AvgPool2d(k, stride, pad, count_include_pad=False)
+    if spec.kind == "conv":
+        return BinConvBlock(c, c, k, stride, pad, dil, affine)
+    if spec.kind == "sep_conv":
+        return BinSepConv(c, c, k, stride, pad, affine)
+    if spec.kind == "dil_sep_conv":
+        return BinDilSepConv(c, c, k, stride, pad, dil, affine)
+    return skip_connect(c, stride, affine)

@@ -1,4 +1,4 @@
-"""BNAS search objective, first-order bilevel step and genotype derivation (bnas.md §4).
+"""BNAS search objective, first-order bilevel step and genotype derivation (docs/bnas.md §4).
 
 Objective of the architecture step: L = CE_val - lambda * H(softmax alpha) * exp(-t / tau), lambda = 1, tau = 7.7,
 t = the epoch, H the mean Shannon entropy (natural log) over all normal and reduction edges. lambda = 0 is "No Div".
@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from methods._registry import register_searcher
 from methods.binary.quantizers import XnorWeight, schedule_xnor_prep
 from methods.bnas.genotypes import Genotype
+from methods.registry import register_searcher
 
 __all__ = ["mean_entropy", "diversity_weight", "derive_genotype", "BnasSearcher", "bnas"]
 
@@ -24,7 +24,7 @@ def mean_entropy(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, offic
     """Mean over the 2 x 14 edges of the entropy of softmax(alpha).
 
     `official_bug=True` reproduces the release: the reduce loop reads the normal loop's last index, so the reduce part
-    is 14 x the entropy of the last reduce edge (bnas.md §4, §8.3).
+    is 14 x the entropy of the last reduce edge (docs/bnas.md §4, §8.3).
     """
 
     def ent(a: torch.Tensor) -> torch.Tensor:
@@ -38,7 +38,7 @@ def mean_entropy(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, offic
 
 
 def diversity_weight(epoch: int, lam: float = 1.0, tau: float = 7.7) -> float:
-    """lambda * exp(-epoch / tau): 1.0 at epoch 0, 0.27 at 10, 0.074 at 20 (bnas.md §4)."""
+    """lambda * exp(-epoch / tau): 1.0 at epoch 0, 0.27 at 10, 0.074 at 20 (docs/bnas.md §4)."""
     return lam * math.exp(-epoch / tau)
 
 
@@ -68,8 +68,8 @@ def derive_genotype(
     gamma: float = 1.0,
     official_gamma_bug: bool = False,
 ) -> Genotype:
-    """Discretise the alphas (bnas.md §4): per node keep the top-2 incoming edges ranked by their largest op weight,
-    Zeroise included (unless `exclude_zeroise`), and on each the argmax op.
+    """Discretise the alphas (docs/bnas.md §4): per node keep the top-2 incoming edges ranked by their largest op
+    weight, Zeroise included (unless `exclude_zeroise`), and on each the argmax op.
 
     `gamma` > 1 is the ImageNet transfer variant: the Zeroise weights are divided by gamma before ranking (the
     intended reading). `official_gamma_bug=True` divides row 0 (all ops of the first edge) instead, as the release does.
@@ -92,7 +92,7 @@ def derive_genotype(
 
 
 class BnasSearcher:
-    """First-order bilevel BNAS search on a :class:`SuperNet` (bnas.md §4).
+    """First-order bilevel BNAS search on a :class:`SuperNet` (docs/bnas.md §4).
 
     Per iteration: (1) an architecture step on a validation batch: Adam on the alphas with
     CE - lambda * H * exp(-epoch / tau), gradients taken w.r.t. the alphas only; (2) a weight step on a training batch:
@@ -186,7 +186,8 @@ class BnasSearcher:
     def new_epoch(self, epoch: int) -> None:
         """Set the epoch (for the regulariser weight) and the weights' cosine learning rate for it (per epoch, from
         lr at epoch 0 towards lr_min, as the release's CosineAnnealingLR). With `official_lr_offset` epoch e uses the
-        value of epoch e + 1, as the release does by stepping its scheduler at the start of every epoch (bnas.md §4)."""
+        value of epoch e + 1, as the release does by stepping its scheduler at the start of every epoch (docs/bnas.md
+        §8.9)."""
         self.epoch = epoch
         self._graph = None  # captured with the last epoch's learning rate and regulariser weight
         t = epoch + 1 if self.official_lr_offset else epoch

@@ -1,7 +1,7 @@
 """The work-sharing BNAS search cell: the same math as the reference :class:`SearchCell`, computed per input state.
 
-Kim, Singh, Choi, "Learning Architectures for Binary Networks", ECCV 2020, arXiv 2002.06963 (bnas.md §3-4);
-the techniques are those measured in search_performance.md:
+Kim, Singh, Choi, "Learning Architectures for Binary Networks", ECCV 2020, arXiv 2002.06963 (docs/bnas.md §3-4);
+the techniques (docs/internals.md, "The search supernet"):
 
 1. In training mode every affine-free BN that sees the same tensor gives the same output and the same running
    statistics. So BN+sign, max-pool+BN and avg-pool+BN are computed once per input state (5 states with outgoing
@@ -15,10 +15,10 @@ forward as exact int8 convs (:mod:`methods.binary.int8_conv`), the ReLU mask is 
 mixing coefficients are folded into the backward conv weights (coef > 0), and the coefficient and weight gradients
 are computed only in the step that needs them. It keeps no more of the conv outputs than that step needs: 1-byte ReLU
 masks in the weight step; in the architecture step the 5x5 kernels' outputs, the 3x3 ones being recomputed in
-backward (search peak 4.0 -> 3.4 GB at the paper configuration for ~+5 % time; `_MixedConvs.recompute_taps`).
+backward (search peak 4.0 -> 3.4 GB at the paper configuration for ~+5 % time; `RECOMPUTE_TAPS`).
 The supernet's CPU activations are channels_last (the int8 convs' and the pools' layout: NCHW CPU max/avg-pool
 kernels were 4-6x slower; values and max-pool tie routing are the same).
-CUDA, autocast and torch.compile take the op-by-op path (`StateOps.fused = False` forces it; tested equal).
+CUDA, autocast and torch.compile take the op-by-op path (:func:`fused_node_applies`; tested equal).
 """
 
 from __future__ import annotations
@@ -29,10 +29,22 @@ from torch import nn
 
 from methods.binary import BinaryConv2d, SteSign
 from methods.binary.int8_conv import backward_will_use, gradient_edge, int8_conv_forward
-from methods.bnas.operations import xnor_weight_quantizer
-from methods.bnas.supernet import CONV_OPS, SearchCell, SearchCellBase, SuperNet, conv_geometry, edge_index
+from methods.bnas.operations import CONV_OPS, OP_SPECS, conv_geometry, xnor_weight_quantizer
+from methods.bnas.search_cell import SearchCellBase, edge_index, search_op
 
-__all__ = ["StateOps", "SharedSearchCell", "copy_from_reference"]
+__all__ = ["RECOMPUTE_TAPS", "StateOps", "SharedSearchCell", "fused_node_applies"]
+
+
+# conv outputs of kernels with at most this many taps (3x3, dilated 3x3) are recomputed in the backward pass of the
+# architecture step instead of kept: half the kept outputs for about a quarter of the cost of recomputing all (0: keep
+# all)
+RECOMPUTE_TAPS = 9
+
+
+def fused_node_applies(h: torch.Tensor) -> bool:
+    """Whether a state's convs and mixing run as one autograd node (:class:`_MixedConvs`): on CPU, outside autocast
+    and torch.compile. Elsewhere the op-by-op path runs (the same math: tested equal)."""
+    return h.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
 
 
 class _MixedConvs(torch.autograd.Function):
@@ -45,11 +57,6 @@ class _MixedConvs(torch.autograd.Function):
     coefficient gradients, sum(G * y), only where the backward pass needs them (the architecture step), as the weight
     gradients only in the weight step.
     """
-
-    # conv outputs of kernels with at most this many taps (3x3, dilated 3x3) are recomputed in the backward pass of
-    # the architecture step instead of kept: half the kept outputs for about a quarter of the cost of recomputing
-    # all (0: keep all)
-    recompute_taps = 9
 
     @staticmethod
     def forward(ctx, xb, coef, geoms, int8, n_edges, n_convs, *tensors):  # type: ignore[override]
@@ -78,8 +85,7 @@ class _MixedConvs(torch.autograd.Function):
         # outputs are not kept in the architecture step: the backward recomputes them (deterministic, bit-equal)
         arch = coef.requires_grad
         kinds = [
-            ("recompute" if w[0].numel() // w.shape[1] <= _MixedConvs.recompute_taps else "value") if arch else "mask"
-            for w in ws
+            ("recompute" if w[0].numel() // w.shape[1] <= RECOMPUTE_TAPS else "value") if arch else "mask" for w in ws
         ]
         kept = [
             y if kd == "value" else (torch.gt(y, 0) if kd == "mask" else None) for y, kd in zip(ys, kinds, strict=True)
@@ -161,7 +167,7 @@ def _edges(t: torch.Tensor, n_edges: int) -> torch.Tensor:
     return t.view(t.shape[0], n_edges, t.shape[1] // n_edges, t.shape[2], t.shape[3])
 
 
-_POOLS = ("max_pool_3x3", "avg_pool_3x3")
+_POOLS = tuple(name for name, spec in OP_SPECS.items() if spec.kind in ("max_pool", "avg_pool"))
 
 
 class StateOps(nn.Module):
@@ -176,9 +182,6 @@ class StateOps(nn.Module):
     Raises:
         ValueError: an op outside S_B (the darts space needs the reference cell).
     """
-
-    # one autograd node for convs + mixing (_MixedConvs) on CPU; CUDA, autocast and torch.compile take the op path
-    fused = True
 
     def __init__(self, c: int, stride: int, n_edges: int, primitives: tuple[str, ...]) -> None:
         super().__init__()
@@ -196,13 +199,7 @@ class StateOps(nn.Module):
             self.convs[name] = BinaryConv2d(
                 c, n_edges * c, k, stride, pad, dil, weight_quantizer=xnor_weight_quantizer()
             )
-        self.pools = nn.ModuleDict()
-        if "max_pool_3x3" in primitives:
-            self.pools["max_pool_3x3"] = nn.Sequential(nn.MaxPool2d(3, stride, 1), nn.BatchNorm2d(c, affine=False))
-        if "avg_pool_3x3" in primitives:
-            self.pools["avg_pool_3x3"] = nn.Sequential(
-                nn.AvgPool2d(3, stride, 1, count_include_pad=False), nn.BatchNorm2d(c, affine=False)
-            )
+        self.pools = nn.ModuleDict({name: search_op(name, c, stride) for name in _POOLS if name in primitives})
         self.columns = [primitives.index(n) for n in (*self.convs, *self.pools)]
         # on the module's device: indexing with a Python list copies it to the device on every call (not allowed
         # while a CUDA graph is captured)
@@ -211,8 +208,7 @@ class StateOps(nn.Module):
 
     def forward(self, h: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The mixed outputs of the n_edges edges, each (N, C, H', W'); `weights` is (n_edges, len(primitives))."""
-        cpu = h.device.type == "cpu"
-        if self.fused and cpu and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling():
+        if fused_node_applies(h):
             return self._fused(h, weights)
         coef = weights.index_select(1, self.column_index).t().reshape(len(self.columns), 1, self.n_edges, 1, 1, 1)
         acc: torch.Tensor | None = None
@@ -307,28 +303,3 @@ class SharedSearchCell(SearchCellBase):
             assert s is not None
             states.append(s)
         return self.finish(states, s1)
-
-
-@torch.no_grad()
-def copy_from_reference(shared: SuperNet, ref: SuperNet) -> None:
-    """Load a reference supernet's weights, BN statistics and alphas into a shared one of the same configuration.
-
-    Every BN of the reference that reads the same state has the same statistics; the first edge's is taken.
-    """
-    if shared.impl != "shared" or ref.impl != "reference" or len(shared.cells) != len(ref.cells):
-        raise ValueError("copy_from_reference needs a shared and a reference SuperNet of the same configuration")
-    own = shared.state_dict()
-    for name, t in ref.state_dict().items():
-        if ".edges." not in name:
-            own[name].copy_(t)
-    for sc, rc in zip(shared.cells, ref.cells, strict=True):
-        assert isinstance(sc, SharedSearchCell) and isinstance(rc, SearchCell)
-        for h, ops in enumerate(sc.state_ops):
-            first = rc.edges[sc.edge_ids[h][0]]
-            if ops.bn is not None:
-                ops.bn.load_state_dict(first.op(next(iter(ops.convs))).bn.state_dict())
-            for name, pool in ops.pools.items():
-                pool[1].load_state_dict(first.op(name)[1].state_dict())
-            for name in ops.convs:
-                for e in sc.edge_ids[h]:
-                    sc.edge_weight(e, name).copy_(rc.edges[e].conv(name).weight)

@@ -4,9 +4,9 @@ BNs converted to global-batch statistics as `bnas search` does; saves each rank'
 
 The inputs are Gaussian tensors, not images: this checks the distributed math. Real images have exact ties in
 max-pool windows (zero padding, quantised pixels, ReLU zeros) where the gradient's route depends on the last bit of
-the BN statistics, which one process and a sum over ranks round differently (the sign-flip pitfall of
-search_performance.md). The real-CIFAR path is `test_bnas_search_runs_under_torchrun...`; the loader's sharding is
-tested in test_data.py.
+the BN statistics, which one process and a sum over ranks round differently (docs/internals.md, "Testing exactness":
+a last-bit difference before a sign flips it). The real-CIFAR path is `test_bnas_search_runs_under_torchrun...`; the
+loader's sharding is tested in test_data.py.
 """
 
 from __future__ import annotations
@@ -18,8 +18,14 @@ from pathlib import Path
 import torch
 
 from harness.distributed import convert_sync_batchnorm, setup_runtime, teardown_runtime
+from methods.binary import quantizers
 from methods.bnas.search import BnasSearcher
 from methods.bnas.supernet import SuperNet
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared helpers
+from _helpers import pow2_xnor_alpha  # noqa: E402
+
+quantizers._xnor_alpha = pow2_xnor_alpha  # exact scales (power of two): see the module docstring
 
 GLOBAL_BATCH = 8
 
@@ -38,8 +44,6 @@ def main(out: str, checkpointing: str = "0") -> None:
     batches = [(x[rt.rank :: rt.world_size], y[rt.rank :: rt.world_size]) for x, y in batches]
     torch.manual_seed(0)
     net = SuperNet(init_channels=4, layers=5, activation_checkpointing=checkpointing == "1").double()
-    for q in net.xnor_quantizers():
-        q.pow2_scale = True
     if rt.distributed:
         net = convert_sync_batchnorm(net, rt.device)
     s = BnasSearcher(net, epochs=2)

@@ -39,6 +39,14 @@ def test_unknown_key_names_key_and_file(tmp_path):
         load_config(p)
 
 
+def test_a_renamed_switch_names_its_new_name(tmp_path):
+    p = tmp_path / "p.yaml"
+    for old, new in (("no_skip: true", "search.skip"), ("official_stale_filter: true", "official_binary_preprocess")):
+        p.write_text(f"search:\n  {old}\n")
+        with pytest.raises(ConfigError, match=rf"p\.yaml: 'search\.\w+' is now {new}"):
+            load_config(p)
+
+
 def test_unknown_group(tmp_path):
     p = tmp_path / "p.yaml"
     p.write_text("trian:\n  lr: 0.1\n")
@@ -168,7 +176,7 @@ def test_profiles_and_methods_resolve_in_order(tmp_path):
         "methods:\n"
         "  m:\n    recipe: r\n    train: {model: bnas_a, model_kwargs: {skip: false}}\n"
         "    profiles: {quick: {train: {model_kwargs: {layers: 5}}}}\n"
-        "  s: {search: {no_skip: true}, profiles: {quick: {search: {epochs: 2}}}}\n"
+        "  s: {search: {skip: false}, profiles: {quick: {search: {epochs: 2}}}}\n"
         "pipeline: {seeds: [0, 1]}\n"
     )
     c = load_config(p, method="m", recipe="")
@@ -179,7 +187,7 @@ def test_profiles_and_methods_resolve_in_order(tmp_path):
     paper = load_config(p, {"profile": "paper", "train.seed": 3}, method="m", recipe="")
     assert (paper.train.epochs, paper.train.model_kwargs, paper.train.seed) == (300, {"skip": False}, 3)
     s = load_config(p, method="s", recipe="")
-    assert s.search.no_skip and s.search.epochs == 2
+    assert not s.search.skip and s.search.epochs == 2
     with pytest.raises(ConfigError, match="unknown method 'mm'.*closest: m"):
         load_config(p, method="mm", recipe="")
     assert load_config(p).pipeline == {"seeds": [0, 1]}

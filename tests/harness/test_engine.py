@@ -44,7 +44,7 @@ def _lrs(sched, opt, steps):
 
 @pytest.mark.filterwarnings("ignore:Detected call of")
 def test_onecycle_matches_the_bnas_cifar_recipe():
-    # bnas.md §5.3: lr_max 0.05, 600 epochs x 196 iterations; 2.5e-3 at epoch 0, 2.676e-3 at epoch 1,
+    # docs/bnas.md §5.3: lr_max 0.05, 600 epochs x 196 iterations; 2.5e-3 at epoch 0, 2.676e-3 at epoch 1,
     # peak 0.05 at 45%, back to 2.5e-3 at 90%, 2.5e-5 at the end; momentum 0.95 -> 0.85 -> 0.95.
     cfg = TrainConfig(epochs=600, lr=0.05)
     p = nn.Parameter(torch.zeros(1))
@@ -65,7 +65,7 @@ def test_onecycle_matches_the_bnas_cifar_recipe():
 
 
 def test_cosine_warm_restarts_match_the_bnas_imagenet_recipe():
-    # bnas.md §5.4: CosineAnnealingWarmRestarts(T_0=50, eta_min=0) over 250 epochs, stepped per iteration.
+    # docs/bnas.md §5.4: CosineAnnealingWarmRestarts(T_0=50, eta_min=0) over 250 epochs, stepped per iteration.
     cfg = TrainConfig(epochs=250, lr=0.05, sched="cosine_restarts", restart_epochs=50, min_lr=0.0)
     p = nn.Parameter(torch.zeros(1))
     opt = build_optimizer(cfg, nn.ParameterList([p]))
@@ -267,7 +267,7 @@ def test_cpu_amp_autocasts_to_bf16_on_cpu_only_when_asked():
         assert lin(x).dtype == torch.bfloat16
 
 
-# --- the gradient clip in the release's order (bnas.md §1.2: clip dL/dW_b, then restore W and rescale) ---
+# --- the gradient clip in the release's order (docs/bnas.md §1.2: clip dL/dW_b, then restore W and rescale) ---
 
 
 class _XnorNet(nn.Module):

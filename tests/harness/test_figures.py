@@ -222,7 +222,7 @@ def _epoch_file(d: Path, epoch: int, prims: tuple[str, ...], hot: tuple[int, int
 
 @pytest.mark.parametrize("prims", [PRIMITIVES, DARTS_PRIMITIVES], ids=["S_B", "darts"])
 def test_alpha_heatmap_rows_are_the_supernet_edges_in_order(tmp_path, prims):
-    from methods.bnas.supernet import edge_index, num_edges
+    from methods.bnas.search_cell import edge_index, num_edges
 
     hot = (edge_index(2, 3), len(prims) - 1)  # the edge n1 -> n2, the space's last op
     for epoch in (1, 2):
@@ -368,7 +368,7 @@ def test_claims_figure_has_one_row_per_claim_with_its_interval_and_verdict():
 
 def _search_run(d: Path, genotype: Genotype, prims: tuple[str, ...], no_skip: bool, space: str) -> None:
     d.mkdir(parents=True)
-    (d / "config.yaml").write_text(yaml.safe_dump({"search": {"no_skip": no_skip, "space": space, "seed": 2}}))
+    (d / "config.yaml").write_text(yaml.safe_dump({"search": {"skip": not no_skip, "space": space, "seed": 2}}))
     (d / "genotype_derived.json").write_text(genotype_to_json(genotype))
     _epoch_file(d, 1, prims, (0, 0))
 

@@ -111,9 +111,10 @@ def test_forward_backward_cifar_and_imagenet():
 
 import math  # noqa: E402
 
-from methods._registry import create_searcher, list_searchers  # noqa: E402
 from methods.bnas.search import BnasSearcher, derive_genotype, diversity_weight, mean_entropy  # noqa: E402
-from methods.bnas.supernet import MixedOp, SuperNet  # noqa: E402
+from methods.bnas.search_cell import MixedOp  # noqa: E402
+from methods.bnas.supernet import SuperNet  # noqa: E402
+from methods.registry import create_searcher, list_searchers  # noqa: E402
 
 
 def test_mixed_op_skips_zeroise_but_its_alpha_still_gets_a_gradient():
@@ -223,7 +224,7 @@ def test_release_switches_fp_tail_and_binary_res_weights():
         for n, m in timm.create_model("bnas_a").named_modules()
         if isinstance(m, BinaryConv2d) and m.binary_input and not m.binary_weight
     ]
-    r = timm.create_model("bnas_a", binary_res_weights=True)
+    r = timm.create_model("bnas_a", official_binary_res_weights=True)
     assert sum(p.numel() for p in r.parameters()) == 5_578_252
     res = r.cells[6].preprocess_res[1]
     assert isinstance(res, BinaryConv2d) and res.binary_weight and not res.binary_input
@@ -244,7 +245,7 @@ def test_drop_path_ramps_linearly_and_acts_per_sample_on_op_outputs():
     from harness.engine import DropPathSchedule
 
     m = timm.create_model("bnas_a", layers=5, init_channels=8)
-    sched = DropPathSchedule(0.2)  # bnas.md §5.3: 0.2 * epoch / epochs
+    sched = DropPathSchedule(0.2)  # docs/bnas.md §5.3: 0.2 * epoch / epochs
     for epoch, p in ((0, 0.0), (300, 0.1), (599, 0.2 * 599 / 600)):
         sched.on_epoch_start(m, epoch, 600)
         assert m.drop_path_prob == pytest.approx(p)

@@ -18,14 +18,17 @@ from methods.bnas import DARTS_PRIMITIVES, PRIMITIVES, SPACES, Genotype, Genotyp
 from methods.bnas.genotypes import ALL_PRIMITIVES, genotype_from_json, genotype_to_json
 from methods.bnas.network import BnasCell, BnasNetwork
 from methods.bnas.operations import (
-    OPS,
+    OP_SPECS,
     BinDilSepConv,
     BinFactorizedReduce,
     BinSepConv,
     DepthwiseXnorWeight,
+    build_op,
+    conv_geometry,
 )
 from methods.bnas.search import derive_genotype
-from methods.bnas.supernet import SuperNet, conv_geometry, edge_index, release_fp_tail
+from methods.bnas.search_cell import edge_index
+from methods.bnas.supernet import SuperNet, release_fp_tail
 from methods.bnas.supernet_shared import StateOps
 
 NEW_CONV_OPS = ("bin_sep_conv_3x3", "bin_sep_conv_5x5", "bin_dil_sep_conv_3x3", "bin_dil_sep_conv_5x5")
@@ -107,7 +110,7 @@ def test_the_spaces_and_their_ops():
         "bin_dil_sep_conv_5x5",
     )
     assert ALL_PRIMITIVES == PRIMITIVES + ("skip_connect",) + NEW_CONV_OPS
-    assert set(ALL_PRIMITIVES) == set(OPS)
+    assert set(ALL_PRIMITIVES) == set(OP_SPECS)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -115,7 +118,7 @@ def test_the_spaces_and_their_ops():
 def test_new_ops_keep_or_halve_the_shape_and_every_conv_is_binary(name, stride, monkeypatch):
     torch.manual_seed(0)
     c = 6
-    op = OPS[name](c, stride, True)
+    op = build_op(name, c, stride, True)
     x = torch.randn(2, c, 9, 9)  # odd: the stride-2 ops give ceil(9 / 2) = 5, as Zeroise and the pools
     if name == "skip_connect" and stride == 1:
         assert isinstance(op, nn.Identity) and op(x) is x  # the real identity
@@ -140,7 +143,7 @@ def test_new_ops_keep_or_halve_the_shape_and_every_conv_is_binary(name, stride, 
 
 def test_depthwise_binary_conv_takes_the_float_path_and_gets_gradients():
     torch.manual_seed(0)
-    op = OPS["bin_dil_sep_conv_3x3"](4, 1, True)
+    op = build_op("bin_dil_sep_conv_3x3", 4, 1, True)
     dw = op[0].conv
     x = torch.randn(2, 4, 8, 8, requires_grad=True)
     assert dw.groups == 4 and not dw._int8_ok(torch.ones(2, 4, 8, 8))
@@ -215,7 +218,7 @@ def test_darts_supernet_forward_backward_and_derivation():
 
 
 def test_darts_no_zeroise_has_seven_columns():
-    net = SuperNet(init_channels=4, layers=3, space="darts", impl="reference", no_zeroise=True)
+    net = SuperNet(init_channels=4, layers=3, space="darts", impl="reference", exclude_zeroise=True)
     assert net.primitives == DARTS_PRIMITIVES[1:] and "none" not in net.primitives
     assert net.alphas_normal.shape == net.alphas_reduce.shape == (14, 7)
     assert len(net.cells[0].edges[0].ops) == 7

@@ -1,4 +1,4 @@
-"""The work-sharing search supernet against the per-op reference (search_performance.md: float64, power-of-two scale).
+"""The work-sharing search supernet against the per-op reference (docs/internals.md: float64, power-of-two scale).
 
 With the XNOR scale rounded to a power of two every binary sum is exact in float64, so the two implementations may
 only differ by the rounding of the (reordered) weighted sums: outputs, losses and gradients agree to ~1e-12, and a
@@ -10,17 +10,33 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import copy_from_reference, pow2_xnor_alpha
 
-from methods.binary import BinaryConv2d
+from methods.binary import BinaryConv2d, quantizers
+from methods.bnas import supernet_shared
+from methods.bnas.operations import CONV_OPS
 from methods.bnas.search import BnasSearcher
-from methods.bnas.supernet import CONV_OPS, SuperNet, release_fp_tail
-from methods.bnas.supernet_shared import SharedSearchCell, StateOps, copy_from_reference
+from methods.bnas.supernet import SuperNet, release_fp_tail
+from methods.bnas.supernet_shared import SharedSearchCell, StateOps
+
+
+@pytest.fixture(autouse=True)
+def _exact_xnor_scales(monkeypatch):
+    """Every XNOR scale of this module's tests is a power of two: binary sums exact in float64 (module docstring)."""
+    monkeypatch.setattr(quantizers, "_xnor_alpha", pow2_xnor_alpha)
+
+
+def _force_op_path(monkeypatch, fused: bool) -> None:
+    """fused=False: the op-by-op path that CUDA, autocast and torch.compile take, on CPU."""
+    if not fused:
+        monkeypatch.setattr(supernet_shared, "fused_node_applies", lambda h: False)
+
 
 SWITCHES = {
     "paper": {},
-    "no_zeroise": {"no_zeroise": True},
+    "exclude_zeroise": {"exclude_zeroise": True},
     "no_skip": {"skip": False},
-    "release_bugs": {"official_fp_tail": True, "binary_preprocess": True},
+    "release_bugs": {"official_fp_tail": True, "official_binary_preprocess": True},
 }
 
 
@@ -32,9 +48,6 @@ def _pair(**kwargs: bool) -> tuple[SuperNet, SuperNet]:
     with torch.no_grad():  # alphas away from uniform so that every op's weight differs
         for a in (*ref.arch_parameters(), *shared.arch_parameters()):
             a.copy_(torch.linspace(-1, 1, a.numel(), dtype=a.dtype).view_as(a).sin())
-    for net in (ref, shared):
-        for q in net.xnor_quantizers():
-            q.pow2_scale = True
     return ref, shared
 
 
@@ -64,7 +77,7 @@ def _param_name(net: SuperNet, p: torch.Tensor) -> str:
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "per_op_mixing"])
 @pytest.mark.parametrize("switches", SWITCHES.values(), ids=SWITCHES.keys())
 def test_shared_supernet_equals_the_per_op_reference(switches, fused, monkeypatch):
-    monkeypatch.setattr(StateOps, "fused", fused)  # False: the op-by-op path that autocast/torch.compile take
+    _force_op_path(monkeypatch, fused)
     ref, shared = _pair(**switches)
     x = torch.randn(6, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = torch.arange(6) % 10
@@ -82,7 +95,7 @@ def test_shared_supernet_equals_the_per_op_reference(switches, fused, monkeypatc
     for name, gr, gs in pairs:
         torch.testing.assert_close(gs, gr, rtol=1e-9, atol=1e-12, msg=name)
     # the alphas of Zeroise get their gradient through the softmax though Zeroise is never computed
-    if not switches.get("no_zeroise"):
+    if not switches.get("exclude_zeroise"):
         assert float(grads[1]["alphas_normal"][:, 0].abs().sum()) > 0
     # eval mode uses the running statistics: the shared BNs must hold the same ones as the per-op BNs
     with torch.no_grad():
@@ -165,7 +178,7 @@ def test_release_fp_tail_of_the_search_net_is_the_last_18_convs():
 
 
 def test_binary_preprocess_switch_binarises_preprocess_and_res_weights_only():
-    net = SuperNet(init_channels=4, layers=5, binary_preprocess=True)
+    net = SuperNet(init_channels=4, layers=5, official_binary_preprocess=True)
     for cell in net.cells:
         for pre in (cell.preprocess0, cell.preprocess1):
             assert pre.conv.binary_weight and not pre.conv.binary_input
@@ -190,8 +203,6 @@ def test_activation_checkpointing_gives_the_same_gradients_and_bn_statistics():
     torch.manual_seed(0)
     ck = SuperNet(init_channels=4, layers=5, impl="reference", activation_checkpointing=True).double()
     ck.load_state_dict(ref.state_dict())
-    for q in ck.xnor_quantizers():
-        q.pow2_scale = True
     x = torch.randn(6, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = torch.arange(6) % 10
     out = []
@@ -232,9 +243,6 @@ def test_activation_checkpointing_with_the_fused_shared_cell():
     plain = SuperNet(init_channels=4, layers=5, impl="shared").double()
     ck = SuperNet(init_channels=4, layers=5, impl="shared", activation_checkpointing=True).double()
     ck.load_state_dict(plain.state_dict())
-    for net in (plain, ck):
-        for q in net.xnor_quantizers():
-            q.pow2_scale = True
     x = torch.randn(6, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     grads = []
     for net in (plain, ck):
@@ -254,14 +262,11 @@ def test_fused_state_node_keeps_few_conv_outputs_and_its_gradients_are_exact(mon
     summation order differs)."""
     from methods.binary.int8_conv import int8_conv_enabled
     from methods.bnas.genotypes import PRIMITIVES
-    from methods.bnas.supernet_shared import _MixedConvs
 
     if not int8_conv_enabled():
         pytest.skip("no oneDNN int8 conv")
     torch.manual_seed(0)
     ops = StateOps(8, 1, 3, PRIMITIVES).train()
-    for conv in ops.convs.values():
-        conv.weight_quantizer.pow2_scale = True
     gen = torch.Generator().manual_seed(4)
     h = torch.randn(4, 8, 12, 12, generator=gen).contiguous(memory_format=torch.channels_last)
     alphas = torch.randn(3, len(PRIMITIVES), generator=gen).softmax(-1)
@@ -275,8 +280,8 @@ def test_fused_state_node_keeps_few_conv_outputs_and_its_gradients_are_exact(mon
         "op_path": (False, True, 9),
     }
     for name, (fused, arch, taps) in runs.items():
-        monkeypatch.setattr(StateOps, "fused", fused)
-        monkeypatch.setattr(_MixedConvs, "recompute_taps", taps)
+        monkeypatch.setattr(supernet_shared, "fused_node_applies", lambda h, fused=fused: fused)
+        monkeypatch.setattr(supernet_shared, "RECOMPUTE_TAPS", taps)
         a = alphas.clone().requires_grad_(arch)
         saved: list[torch.Tensor] = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t, s=saved: s.append(t) or t, lambda t: t):

@@ -2,7 +2,7 @@
 
 Binary sums are integers times the per-filter scale: the int8 forward must give the correctly rounded float32 value
 (float64 product rounded once), and with a power-of-two scale (exact in float32) the same bits as F.conv2d, the same
-ReLU mask and therefore the same gradients (search_performance.md, testing pitfall).
+ReLU mask and therefore the same gradients (docs/internals.md, "CPU kernels").
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import pow2_xnor_alpha
 
 import methods  # noqa: F401
-from methods.binary import BinaryConv2d, XnorWeight
+from methods.binary import BinaryConv2d, XnorWeight, quantizers
 from methods.binary.int8_conv import int8_binary_conv2d, int8_conv_available, int8_conv_enabled, set_int8_conv
 
 pytestmark = pytest.mark.skipif(not int8_conv_available(), reason="no oneDNN int8 conv in this torch build/CPU")
@@ -89,10 +90,10 @@ def test_gradient_for_the_input_alone_skips_the_weight_gradient():
     assert masks == [[True, False, False], [True, True, False]]
 
 
-def test_binary_conv2d_uses_the_int8_forward_when_eligible_and_matches_the_float_path():
+def test_binary_conv2d_uses_the_int8_forward_when_eligible_and_matches_the_float_path(monkeypatch):
+    monkeypatch.setattr(quantizers, "_xnor_alpha", pow2_xnor_alpha)  # an exact scale: the int8 path is bit-equal
     torch.manual_seed(0)
     conv = BinaryConv2d(16, 32, 3, 1, 1, input_quantizer="ste_sign", weight_quantizer=XnorWeight(grad="exact"))
-    conv.weight_quantizer.pow2_scale = True
     x = torch.randn(4, 16, 9, 9)
     res = {}
     for flag in (True, False):
@@ -125,7 +126,7 @@ def test_ineligible_convs_keep_the_float_path():
     assert "Int8" not in conv(x.double().requires_grad_()).grad_fn.name()  # float64: the float path
 
 
-def test_bnas_a_forward_on_real_cifar_is_bit_equal_with_and_without_int8(cifar_cache):
+def test_bnas_a_forward_on_real_cifar_is_bit_equal_with_and_without_int8(cifar_cache, monkeypatch):
     import timm
 
     from harness.data import CifarLoader, load_cifar10
@@ -134,9 +135,7 @@ def test_bnas_a_forward_on_real_cifar_is_bit_equal_with_and_without_int8(cifar_c
     x, _ = next(iter(CifarLoader(ds.test_x[:16], ds.test_y[:16], 16, train=False)))
     torch.manual_seed(0)
     model = timm.create_model("bnas_a", layers=5, init_channels=8).eval()
-    for m in model.modules():
-        if isinstance(m, XnorWeight):
-            m.pow2_scale = True
+    monkeypatch.setattr(quantizers, "_xnor_alpha", pow2_xnor_alpha)
     outs = []
     for flag in (True, False):
         set_int8_conv(flag)

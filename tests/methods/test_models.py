@@ -159,7 +159,7 @@ def test_baseline_loss_goes_down_on_real_cifar(name, cifar_cache, tmp_path):
 
 @pytest.mark.parametrize("name", _our_models() + _bnas_models())
 def test_every_model_refuses_an_unknown_keyword(name):
-    from methods._registry import ModelKwargError
+    from methods.registry import ModelKwargError
 
     with pytest.raises(ModelKwargError, match=rf"^model '{name}' does not take keyword 'not_a_kwarg'; it takes: ") as e:
         timm.create_model(name, not_a_kwarg=1)
@@ -168,7 +168,7 @@ def test_every_model_refuses_an_unknown_keyword(name):
 
 
 def test_bnas_refuses_a_typo_and_other_families_keywords():
-    from methods._registry import ModelKwargError
+    from methods.registry import ModelKwargError
 
     with pytest.raises(ModelKwargError, match=r"'bnas_a' does not take keyword 'skipp'.*did you mean skip\?$") as e:
         timm.create_model("bnas_a", skipp=False)
@@ -182,7 +182,7 @@ def test_bnas_refuses_a_typo_and_other_families_keywords():
 
 
 def test_baselines_refuse_another_familys_keyword():
-    from methods._registry import ModelKwargError
+    from methods.registry import ModelKwargError
 
     with pytest.raises(ModelKwargError, match="'bireal_resnet18_cifar' does not take keyword 'scale_shape'"):
         timm.create_model("bireal_resnet18_cifar", scale_shape="full")
@@ -225,7 +225,7 @@ def test_create_model_names_the_model_kwarg_and_what_it_takes():
     msg = str(e.value)
     assert msg.startswith("model 'bnas_a' does not take keyword 'skipp' (train.model_kwargs); it takes: ")
     assert msg.endswith("; did you mean skip?") and "\n" not in msg
-    assert "binary_res_weights, drop_rate, genotype" in msg
+    assert "official_binary_res_weights, drop_rate, genotype" in msg
     with pytest.raises(
         BnasError, match=r"^model 'bnas_a' does not take keyword 'weight_binary' \(train.model_kwargs\)"
     ):
