@@ -51,6 +51,8 @@ bench: install
 
 test: install
 	$(BIN)/ruff check harness methods tests
+	$(BIN)/ruff format --check harness methods tests
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # The views as a person sees them: the MLflow UI and the `dvc plots show` page rendered in headless Chromium
@@ -62,6 +64,7 @@ test-views: install
 lint: install
 	$(BIN)/ruff check harness methods tests
 	$(BIN)/ruff format --check harness methods tests
+	$(BIN)/mypy
 
 ui: install
 	$(BIN)/bnas ui

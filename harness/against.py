@@ -42,8 +42,8 @@ def read_tables(ref: str | Path, results: str = "results") -> dict[str, list[dic
     out: dict[str, list[dict[str, str]]] = {}
     ref = str(ref)
     if ref.startswith("git:"):
-        rev, _, folder = ref.removeprefix("git:").partition(":")
-        rev, results = rev or "HEAD", folder.strip("/") or results
+        rev, _, sub = ref.removeprefix("git:").partition(":")
+        rev, results = rev or "HEAD", sub.strip("/") or results
         try:
             subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], check=True, capture_output=True)
         except (OSError, subprocess.CalledProcessError):

@@ -16,10 +16,12 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from harness.io import atomic_write_json, atomic_write_text
+from harness.run import peak_memory_mb
 
 __all__ = ["run_bench", "machine_info", "BENCHMARKS"]
 
@@ -48,16 +50,6 @@ def machine_info(device: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "cpu_allocator": cpu_allocator_setting() if device == "cpu" else None,
     }
-
-
-def _peak_mb(dev: Any) -> float:
-    import resource
-
-    import torch
-
-    if dev.type == "cuda":
-        return torch.cuda.max_memory_allocated(dev) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _sync(dev: Any) -> None:
@@ -90,7 +82,7 @@ def _batch(data: str | None, n: int, dev: Any) -> tuple[Any, Any]:
     import torch
 
     if data:
-        from harness.data import CifarLoader, load_cifar10
+        from harness.cifar10 import CifarLoader, load_cifar10
 
         ds = load_cifar10(data)
         x, y = next(iter(CifarLoader(ds.train_x[:n], ds.train_y[:n], n, train=True)))
@@ -119,6 +111,8 @@ def bench_search(
     supernet's evaluation forward (eval mode, no grad) at that batch, as the search's per-epoch validation."""
     import torch
 
+    from harness.config import SearchConfig
+    from harness.searching import searcher_hyperparameters
     from methods.bnas.search import BnasSearcher
     from methods.bnas.supernet import SuperNet
 
@@ -128,11 +122,12 @@ def bench_search(
     if compile:
         net.compile()
     amp_dtype = torch.bfloat16 if (amp and dev.type == "cuda") else None
-    s = BnasSearcher(net, amp_dtype=amp_dtype, cuda_graph=cuda_graph and not compile)  # as `bnas search`
+    hyper = searcher_hyperparameters(SearchConfig())  # the paper's, as `bnas search`
+    s = BnasSearcher(net, **hyper, amp_dtype=amp_dtype, cuda_graph=cuda_graph and not compile)
     b = _batch(data, batch, dev)  # the same images serve as the weight and the architecture batch (timing only)
     warmup = s.graph_warmup + 2 if s.cuda_graph else 2 if compile else 1  # graphs: eager warm-up, then the capture
     first, times = _timed(lambda: s.step(b, b), warmup, repeats, dev)
-    out = {"s": statistics.median(times), "times": times, "first_s": first, "peak_mb": _peak_mb(dev)}
+    out = {"s": statistics.median(times), "times": times, "first_s": first, "peak_mb": peak_memory_mb(dev)}
     if eval_batch:
         xe, _ = _batch(data, eval_batch, dev)
         net.eval()
@@ -199,7 +194,7 @@ def bench_train(
         opt.step()
 
     first, times = _timed(step, 2, repeats, dev)
-    return {"img_s": batch / statistics.median(times), "times": times, "first_s": first, "peak_mb": _peak_mb(dev)}
+    return {"img_s": batch / statistics.median(times), "times": times, "first_s": first, "peak_mb": peak_memory_mb(dev)}
 
 
 def bench_eval(
@@ -218,14 +213,14 @@ def bench_eval(
             m(x)
 
     _, times = _timed(fwd, 1, repeats, dev)
-    return {"img_s": batch / statistics.median(times), "times": times, "peak_mb": _peak_mb(dev)}
+    return {"img_s": batch / statistics.median(times), "times": times, "peak_mb": peak_memory_mb(dev)}
 
 
 def bench_loader(data: str | None, batch: int, device: str, **_: Any) -> dict:
     """CIFAR-10 training-loader images per second (batched crop + flip + normalise), one epoch."""
     import torch
 
-    from harness.data import CifarLoader, load_cifar10
+    from harness.cifar10 import CifarLoader, load_cifar10
 
     if not data:
         return {"img_s": None, "note": "no prepared CIFAR-10 given (--data)"}
@@ -277,7 +272,7 @@ def bench_ddp(data: str | None, device: str, nproc: int, images: int, model: str
     return {"img_s": m["perf/mean_train_img_s"], "world_size": m["world_size"], "global_batch": 64 // nproc * nproc}
 
 
-BENCHMARKS = {
+BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "search": bench_search,
     "train": bench_train,
     "eval": bench_eval,
@@ -319,6 +314,8 @@ def run_bench(
     a 50-epoch paper search and of one BNAS-A CIFAR-10 training epoch (estimates, labelled so)."""
     data = str(data) if data else None
     gpu = device == "cuda"
+    small: dict[str, dict[str, Any]]
+    search: dict[str, Any]
     if quick:  # a schema smoke test: tiny sizes, 1 repeat
         search = {"batch": 4, "layers": 3, "channels": 4, "repeats": 1}
         train_b, eval_b, rep, small = (
@@ -330,7 +327,7 @@ def run_bench(
     else:
         search = {"batch": 64, "layers": 8, "channels": 16, "repeats": 5 if gpu else 3}
         train_b, eval_b, rep, small = (256 if gpu else 64), 256, (10 if gpu else 3), {"bnas_a": {}, "bireal": {}}
-    common = {"device": device, "data": data}
+    common: dict[str, Any] = {"device": device, "data": data}
     r: dict[str, Any] = {}
     shared = _sub("search", {"impl": "shared", **search, **common, "eval_batch": 8 if quick else 256}, threads)
     ref = _sub("search", {"impl": "reference", **search, **common}, threads)
@@ -398,8 +395,8 @@ def run_bench(
         epoch_s = -(-25_000 // search["batch"]) * r["search_iter_s"] + 25_000 / r["search_eval_img_s"]
         r["search_50_epochs_h_est"] = 50 * epoch_s / 3600
         r["train_bnas_a_epoch_s_est"] = 50_000 / r["train_bnas_a_img_s"]
-    e = _sub("eval", {"model": "bnas_a", "batch": eval_b, "repeats": rep, **common, **small["bnas_a"]}, threads)
-    r["eval_img_s"], r["eval_model"] = e["img_s"], "bnas_a"
+    ev = _sub("eval", {"model": "bnas_a", "batch": eval_b, "repeats": rep, **common, **small["bnas_a"]}, threads)
+    r["eval_img_s"], r["eval_model"] = ev["img_s"], "bnas_a"
     r["loader_img_s"] = _sub("loader", {"batch": train_b, **common}, threads)["img_s"]
     if not gpu:  # DDP scaling 1 -> 2 processes on this CPU (same global batch 64, the cores split between them)
         ddp = {"images": 256 if quick else 2048, "model": "bireal_resnet18_cifar", **common, **small["bireal"]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -114,7 +114,7 @@ def load_state(module: torch.nn.Module, state: Any, path: str | Path) -> None:
 
 def rng_state() -> dict[str, Any]:
     """The process's torch, CUDA, NumPy and Python RNG states in weights_only-loadable types."""
-    np_state = np.random.get_state()
+    np_state = cast(tuple[Any, ...], np.random.get_state(legacy=True))
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {

@@ -131,8 +131,9 @@ def cli(verbose: bool) -> None:
 )
 def prepare(dataset: str, source: Path | None, out: Path, params: Path | None, download_root: Path) -> None:
     """Convert DATASET once into a cache with recorded fingerprint and splits."""
+    from harness.cifar10 import prepare_cifar10
     from harness.config import load_config
-    from harness.data import prepare_cifar10, prepare_imagenet
+    from harness.imagenet import imagenet_root, prepare_imagenet
 
     cfg = load_config(params)
     if dataset == "cifar10":
@@ -148,10 +149,7 @@ def prepare(dataset: str, source: Path | None, out: Path, params: Path | None, d
             raise BnasError(
                 "ImageNet cannot be downloaded: pass --source or set BNAS_DATA to a folder with train/ val/"
             )
-        root = source
-        if not (source / "train").is_dir():  # BNAS_DATA may be a data root holding imagenet/ or imagenette/
-            root = next((source / n for n in ("imagenet", "imagenette") if (source / n / "train").is_dir()), source)
-        meta = prepare_imagenet(root, out)
+        meta = prepare_imagenet(imagenet_root(source), out)
     click.echo(
         f"{dataset}: {meta['num_train']} train / {meta.get('num_test', meta.get('num_val'))} eval images, "
         f"fingerprint {meta['fingerprint']} -> {out}"
@@ -433,7 +431,7 @@ def tables(
     if committed is not None:
         from harness.against import against_table, read_tables
 
-        t = against_table(read_tables(out), committed, against_ref)
+        t = against_table(read_tables(out), committed, str(against_ref))
         for p in write_tables([t], out):
             click.echo(str(p))
         for note in t.notes[:1] + t.notes[2:]:

@@ -9,6 +9,7 @@ docs/bnas.md §4-5).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import math
 import types
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from harness.errors import ConfigError
+from harness.io import atomic_write_text
 
 __all__ = [
     "DataConfig",
@@ -176,6 +178,7 @@ class Config:
 
 
 GROUPS = ("data", "train", "search", "tracking")
+ENVIRONMENT = "environment"  # the top-level key of a run's config.yaml that records its process-wide switches
 
 
 def deep_merge(base: Mapping[str, Any] | None, over: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -242,7 +245,7 @@ def _check_value(value: Any, tp: Any, key: str, source: str) -> Any:
                     raise ConfigError(f"{source}: {key}: keys must be strings, got {k!r}")
                 out[k] = _check_value(v, vt, f"{key}.{k}", source)
             return out
-    elif dataclasses.is_dataclass(tp):
+    elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, Mapping):
             return _build(tp, value, key, source)
     else:  # pragma: no cover - schema bug, not user input
@@ -371,6 +374,8 @@ def config_from_dict(values: Mapping[str, Any] | None, source: str = "<dict>") -
         values = {}
     if not isinstance(values, Mapping):
         raise ConfigError(f"{source}: expected a mapping of groups at the top level, got {type(values).__name__}")
+    # a run's config.yaml records the process-wide settings it ran with (`environment`, see save_config): not config
+    values = {k: v for k, v in values.items() if k != ENVIRONMENT}
     cfg = _build(Config, values, "", source)
     for kind, table in (("profiles", cfg.profiles), ("methods", cfg.methods)):
         for name, entry in table.items():  # each must name known groups with valid keys
@@ -510,8 +515,6 @@ def pipeline_overrides(path: str | Path, profile: str) -> dict[str, Any]:
 
 
 def _closest(name: str, names: list[str]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
     return f"; closest: {', '.join(close)}" if close else ""
 
@@ -663,8 +666,10 @@ def explain_config(
     return cfg, origin
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the fully resolved config as YAML, atomically."""
-    from harness.io import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+def save_config(cfg: Config, path: str | Path, environment: Mapping[str, Any] | None = None) -> None:
+    """Write the fully resolved config as YAML, atomically; `environment` (the process-wide switches a run ran with,
+    which no config key sets: e.g. BNAS_INT8_CONV) is recorded under its own top-level key, which loading ignores."""
+    values = config_to_dict(cfg)
+    if environment:
+        values[ENVIRONMENT] = dict(environment)
+    atomic_write_text(path, yaml.safe_dump(values, sort_keys=False))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -134,7 +134,8 @@ def profile_model(
                 macs = kh * kw * (m.in_channels // m.groups) * out.shape[1] * out.shape[2] * out.shape[3]
                 kind = "conv"
             else:
-                macs = m.in_features * m.out_features * (x.numel() // x.shape[-1])
+                lin = cast(nn.Linear, m)
+                macs = lin.in_features * lin.out_features * (x.numel() // x.shape[-1])
                 kind = "linear"
             binary = _is_binary(m)
             if policy == "all_conv_binary":

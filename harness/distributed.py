@@ -8,8 +8,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.nn.functional import all_reduce
 
 from harness.allocator import keep_freed_memory
+from harness.errors import BnasError
 
 __all__ = [
     "Runtime",
@@ -51,8 +53,6 @@ def setup_runtime(device: str = "auto") -> Runtime:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        from harness.errors import BnasError
-
         raise BnasError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     if use_cuda:
         torch.cuda.set_device(local)
@@ -98,8 +98,6 @@ class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         xd = x.double()
         local = torch.cat([xd.sum((0, 2, 3)), (xd * xd).sum((0, 2, 3)), xd.new_full((1,), x.numel() / x.shape[1])])
         tot = all_reduce(local)
@@ -108,6 +106,7 @@ class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
         mean = tot[:c] / n
         var = (tot[c : 2 * c] / n - mean * mean).clamp_min(0)
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            assert self.num_batches_tracked is not None  # tracked statistics come with their counter
             self.num_batches_tracked.add_(1)
             f = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
             with torch.no_grad():
@@ -128,9 +127,9 @@ def convert_sync_batchnorm(module: torch.nn.Module, device: torch.device) -> tor
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():
         if type(child) is torch.nn.BatchNorm2d:
-            ref = next(iter(child.parameters()), None)
+            ref: torch.Tensor | None = next(iter(child.parameters()), None)
             ref = ref if ref is not None else child.running_mean
-            kw = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
+            kw: dict[str, Any] = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
             new = GlobalBatchNorm2d(
                 child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats, **kw
             )

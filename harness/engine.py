@@ -14,17 +14,25 @@ measures, that of the gradients before the rescale (:func:`clip_grad_norm_releas
 from __future__ import annotations
 
 import contextlib
+import difflib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
+from timm.layers import DropPath
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.optim import create_optimizer_v2, list_optimizers
+from timm.scheduler import create_scheduler_v2
 from torch import nn
+from tqdm import tqdm
 
 from harness.config import TrainConfig
 from harness.distributed import Runtime, all_reduce_sum
 from harness.errors import ConfigError, NonFiniteLossError
+from methods.binary import BinaryWeightStats
+from methods.binary.quantizers import XnorWeight, schedule_xnor_prep, xnor_rescaled_weights
 
 __all__ = [
     "Hook",
@@ -52,8 +60,8 @@ class Hook:
     Order within a step: `before_forward` -> forward/backward -> (unscale, clip) -> `after_backward` -> optimizer step
     -> `after_step`. So the clip sees the gradients before whatever `after_backward` does to them (a hook-side
     rescale happens after the clip, as in the BNAS release); a rescale inside autograd (the XNOR quantizers'
-    "xnor_rescale") is undone for the norm by :func:`clip_grad_norm_release_order`. Evaluation is bracketed by
-    `before_eval`/`after_eval`; `on_epoch_start` runs before each epoch.
+    "xnor_rescale") is undone for the norm by :func:`clip_grad_norm_release_order`. `on_epoch_start` runs before each
+    epoch, `on_epoch_end` after its checkpoint.
     """
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
@@ -71,12 +79,6 @@ class Hook:
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
         """Called after epoch `epoch` has been checkpointed and logged."""
-
-    def before_eval(self, model: nn.Module) -> None:
-        """Called before an evaluation pass."""
-
-    def after_eval(self, model: nn.Module) -> None:
-        """Called after an evaluation pass."""
 
     def epoch_metrics(self) -> dict[str, float]:
         """Metrics this hook adds to the epoch's history row (called after the epoch's training pass)."""
@@ -101,11 +103,9 @@ class DropPathSchedule(Hook):
         self.p_max = p_max
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
-        from timm.layers import DropPath
-
         p = self.p_max * epoch / max(epochs, 1)
-        if hasattr(model, "drop_path_prob"):
-            model.drop_path_prob = p
+        if hasattr(model, "drop_path_prob"):  # the BNAS networks' cell-level drop-path
+            setattr(model, "drop_path_prob", p)  # noqa: B010
         for m in model.modules():
             if isinstance(m, DropPath):
                 m.drop_prob = p
@@ -115,7 +115,7 @@ class WeightConstraints(Hook):
     """Applies every module's `constrain()` after each optimizer step (e.g. BinaryNet's latent-weight clipping)."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.modules = [m for m in model.modules() if callable(getattr(m, "constrain", None))]
+        self.modules: list[Any] = [m for m in model.modules() if callable(getattr(m, "constrain", None))]
 
     def after_step(self, model: nn.Module) -> None:
         for m in self.modules:
@@ -129,8 +129,6 @@ class BinaryStats(Hook):
     """
 
     def __init__(self, model: nn.Module, every: int = 10) -> None:
-        from methods.binary import BinaryWeightStats
-
         self.stats = BinaryWeightStats(model)
         self.every, self.step = every, 0
         self._armed = self._first = False
@@ -186,11 +184,7 @@ class IterScheduler:
 
 def check_optimizer(name: str) -> None:
     """Raise ConfigError unless `name` is an optimizer timm's factory knows (with the closest names)."""
-    import difflib
-
-    from timm.optim import list_optimizers
-
-    known = list_optimizers()
+    known = [str(n) for n in list_optimizers()]
     if name.lower() not in known:
         close = difflib.get_close_matches(name.lower(), known, n=3)
         hint = f"; closest: {', '.join(close)}" if close else ""
@@ -199,8 +193,6 @@ def check_optimizer(name: str) -> None:
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """timm's optimizer factory with the run's lr, momentum and weight decay."""
-    from timm.optim import create_optimizer_v2
-
     kwargs: dict[str, Any] = {}
     if cfg.opt in ("momentum", "sgd", "nesterov", "rmsprop", "rmsproptf"):
         kwargs["momentum"] = cfg.momentum
@@ -243,8 +235,6 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_
         return IterScheduler(sched, "onecycle")
     if cfg.sched == "constant":
         return IterScheduler(None, "constant")
-    from timm.scheduler import create_scheduler_v2
-
     if cfg.sched == "linear":  # linear decay to min_lr (Bi-Real/ReActNet from-scratch recipes): timm poly, power 1
         sched, _ = create_scheduler_v2(
             optimizer,
@@ -252,7 +242,7 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_
             num_epochs=cfg.epochs,
             min_lr=cfg.min_lr,
             decay_rate=1.0,
-            warmup_epochs=cfg.warmup_epochs,
+            warmup_epochs=cfg.warmup_epochs,  # type: ignore[arg-type]  # timm takes fractional epochs
             step_on_epochs=False,
             updates_per_epoch=updates_per_epoch,
         )
@@ -262,7 +252,7 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_
             sched="cosine",
             num_epochs=cfg.epochs,
             min_lr=cfg.min_lr,
-            warmup_epochs=cfg.warmup_epochs,
+            warmup_epochs=cfg.warmup_epochs,  # type: ignore[arg-type]  # timm takes fractional epochs
             step_on_epochs=False,
             updates_per_epoch=updates_per_epoch,
         )
@@ -273,7 +263,7 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_
             sched="cosine",
             num_epochs=cfg.restart_epochs,
             min_lr=cfg.min_lr,
-            warmup_epochs=cfg.warmup_epochs,
+            warmup_epochs=cfg.warmup_epochs,  # type: ignore[arg-type]  # timm takes fractional epochs
             cycle_limit=cycles,
             cycle_decay=1.0,
             step_on_epochs=False,
@@ -285,8 +275,6 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_
 def build_loss(cfg: TrainConfig) -> nn.Module:
     """Training loss: timm's LabelSmoothingCrossEntropy when smoothing > 0, else cross-entropy."""
     if cfg.label_smoothing > 0:
-        from timm.loss import LabelSmoothingCrossEntropy
-
         return LabelSmoothingCrossEntropy(smoothing=cfg.label_smoothing)
     return nn.CrossEntropyLoss()
 
@@ -344,8 +332,6 @@ def clip_grad_norm_release_order(
     Returns:
         The total norm the clip used.
     """
-    from methods.binary.quantizers import xnor_rescaled_weights
-
     params = list(params)
     quantizer_of = {id(w): q for w, q in (xnor_rescaled_weights(model) if rescaled is None else rescaled)}
     grads = []
@@ -391,14 +377,10 @@ def train_one_epoch(
     sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss*n, correct@1, n
     check_every = 1 if dev.type == "cpu" else max(1, cfg.log_interval)
     params = [p for p in model.parameters() if p.requires_grad]
-    from methods.binary.quantizers import XnorWeight, schedule_xnor_prep, xnor_rescaled_weights
-
     xnor = [m for m in inner.modules() if isinstance(m, XnorWeight)]
     rescaled = xnor_rescaled_weights(inner) if cfg.clip_grad > 0 else []
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(loader), desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     seen = 0
@@ -518,15 +500,9 @@ def validate(
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     cfg: TrainConfig,
     rt: Runtime,
-    hooks: Sequence[Hook] = (),
 ) -> dict[str, float]:
-    """:func:`evaluate` of a trained network in eval mode, under the run's autocast, between the hooks'
-    `before_eval`/`after_eval`. The XNOR latent weights are centred and clamped once, at the pass's first batch (the
-    release's `infer`)."""
-    from methods.binary.quantizers import schedule_xnor_prep
-
-    for h in hooks:
-        h.before_eval(model)
+    """:func:`evaluate` of a trained network in eval mode, under the run's autocast. The XNOR latent weights are
+    centred and clamped once, at the pass's first batch (the release's `infer`)."""
     model.eval()
     schedule_xnor_prep(model)
 
@@ -534,8 +510,4 @@ def validate(
         with autocast(cfg, rt.device):
             return model(x)
 
-    try:
-        return evaluate(forward, loader, rt)
-    finally:
-        for h in hooks:
-            h.after_eval(model)
+    return evaluate(forward, loader, rt)

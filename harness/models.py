@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
+import timm
 from torch import nn
 
+import methods  # noqa: F401  (registers models)
 from harness.errors import BnasError
+from methods.registry import ModelKwargError
 
 __all__ = ["create_model", "count_params"]
 
@@ -18,13 +22,6 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
         BnasError: `name` is not a registered model (the message lists close matches), or the model does not take
             one of `kwargs` (the message names the keyword and lists the ones it takes).
     """
-    import difflib
-
-    import timm
-
-    import methods  # noqa: F401  (registers models)
-    from methods.registry import ModelKwargError
-
     if not timm.is_model(name):
         names = timm.list_models()
         close = difflib.get_close_matches(name, names, n=5)

@@ -24,10 +24,14 @@ from typing import Any
 
 import torch
 
+import methods
+from harness.allocator import cpu_allocator_setting
 from harness.checkpoint import load_checkpoint, save_checkpoint
 from harness.config import Config, config_to_dict, flatten, save_config
 from harness.distributed import Runtime
 from harness.io import atomic_write_json, atomic_write_text
+from harness.tracking import NullTracker, Tracker, git_info
+from methods.binary.int8_conv import int8_conv_enabled
 
 __all__ = [
     "PERF_PREFIX",
@@ -37,6 +41,7 @@ __all__ = [
     "config_diff",
     "numeric",
     "peak_memory_mb",
+    "process_settings",
     "run_tags",
     "write_history",
 ]
@@ -55,8 +60,6 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def code_digest() -> str:
     """sha256 (16 hex digits) of the harness and methods source files: a checkpoint from other code is not resumed."""
-    import methods
-
     h = hashlib.sha256()
     for pkg in (Path(__file__).parent, Path(methods.__file__).parent):
         for f in sorted(pkg.rglob("*.py")):
@@ -96,9 +99,19 @@ def make_tracker(cfg: Config, rt: Runtime) -> Any:
     tracked)."""
     if not (cfg.tracking.enabled and rt.is_main):
         return None
-    from harness.tracking import Tracker
-
     return Tracker()
+
+
+def process_settings() -> dict[str, Any]:
+    """The process-wide switches that change numerics or memory behaviour and that no config key sets: the exact int8
+    CPU path of the binary convs (`BNAS_INT8_CONV`, read at import), the CPU allocator setting
+    (`BNAS_KEEP_FREED_MEMORY`) and the CUDA allocator's (`PYTORCH_CUDA_ALLOC_CONF`). Recorded in every run's
+    config.yaml (`environment`) and tags."""
+    return {
+        "int8_conv": int8_conv_enabled(),
+        "cpu_allocator": cpu_allocator_setting(),
+        "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+    }
 
 
 def run_tags(
@@ -116,8 +129,6 @@ def run_tags(
     """The `bnas.*` tags of a run: what ran (method, stage, seed, profile, DVC stage), on what (data fingerprint,
     device, processes, precision, torch) and from which code (commit, and whether code or params differ from it)."""
     if cfg.tracking.enabled and rt.is_main:
-        from harness.tracking import git_info
-
         git = git_info()
     else:
         git = {"commit": "unknown", "dirty": "unknown"}
@@ -135,6 +146,7 @@ def run_tags(
         "bnas.device": str(rt.device),
         "bnas.world_size": rt.world_size,
         "bnas.precision": precision,
+        **{f"bnas.{k}": v for k, v in process_settings().items()},
         **(extra or {}),
     }
 
@@ -165,8 +177,6 @@ class RunLifecycle:
         tracker: Any = None,
     ) -> None:
         """`tracker`: an MLflow tracker (see :func:`make_tracker`); None tracks nothing."""
-        from harness.tracking import NullTracker
-
         self.out, self.rt = Path(out), rt
         self.cfg = cfg
         self.checkpoint_path = self.out / "checkpoint.pt"
@@ -211,7 +221,7 @@ class RunLifecycle:
         """Write `config.yaml` and open the MLflow run (the checkpoint's run again when resuming)."""
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.out / "config.yaml")
+            save_config(self.cfg, self.out / "config.yaml", environment=process_settings())
         self.run_id = self.tracker.start(
             experiment=self.experiment,
             run_name=self.run_name,

@@ -34,17 +34,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from harness.checkpoint import rng_state, set_rng_state
-from harness.config import Config
-from harness.data import CifarLoader, load_cifar10, stratified_subset
-from harness.distributed import Runtime, setup_runtime, teardown_runtime
+from harness.cifar10 import CifarLoader, load_cifar10
+from harness.config import Config, SearchConfig
+from harness.distributed import Runtime, convert_sync_batchnorm, setup_runtime, teardown_runtime
 from harness.engine import evaluate
 from harness.errors import DataError
 from harness.io import atomic_write_json, atomic_write_text
 from harness.run import RunLifecycle, make_tracker, peak_memory_mb, run_tags
+from harness.splits import stratified_subset
+from methods.bnas.genotypes import PRIMITIVES, SPACES, genotype_to_json
+from methods.bnas.search import derive_genotype, diversity_weight
+from methods.bnas.supernet import SuperNet
+from methods.registry import create_searcher
 
-__all__ = ["run_search", "load_alphas", "derive_from_alphas", "alphas_dict", "SEARCH_ARTIFACTS"]
+__all__ = [
+    "searcher_hyperparameters",
+    "run_search",
+    "load_alphas",
+    "derive_from_alphas",
+    "alphas_dict",
+    "SEARCH_ARTIFACTS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +85,6 @@ def load_alphas(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, tuple[str
     Raises:
         DataError: unreadable, missing keys, wrong shape or non-finite values.
     """
-    from methods.bnas.genotypes import PRIMITIVES, SPACES
-
     path = Path(path)
     try:
         d = json.loads(path.read_text())
@@ -118,8 +129,6 @@ def derive_from_alphas(
     path: str | Path, *, gamma: float = 1.0, official_gamma_bug: bool = False, exclude_zeroise: bool = False
 ) -> Any:
     """Re-derive a genotype from saved alphas (docs/bnas.md §4); see :func:`methods.bnas.search.derive_genotype`."""
-    from methods.bnas.search import derive_genotype
-
     if gamma <= 0:
         raise DataError(f"--gamma must be positive, got {gamma}")
     an, ar, prims = load_alphas(path)
@@ -129,8 +138,6 @@ def derive_from_alphas(
 
 
 def _genotype_dict(g: Any) -> dict[str, Any]:
-    from methods.bnas.genotypes import genotype_to_json
-
     return json.loads(genotype_to_json(g))
 
 
@@ -140,8 +147,8 @@ class ResampledBatches:
 
     The draws of an epoch come from a generator seeded by (seed, epoch), so a run (and a resume, which restarts at an
     epoch boundary) sees the same batches. Every rank draws the same global batch and takes its shard
-    (`rank::world_size`), as :class:`harness.data.CifarLoader` does. With `augment`, each drawn image gets the training
-    crop + flip, drawn from the same generator. Images and normalisation are those of `loader`.
+    (`rank::world_size`), as :class:`harness.cifar10.CifarLoader` does. With `augment`, each drawn image gets the
+    training crop + flip, drawn from the same generator. Images and normalisation are those of `loader`.
     """
 
     def __init__(self, loader: CifarLoader, global_batch: int, *, augment: bool, seed: int) -> None:
@@ -198,7 +205,7 @@ def _search_data(cfg: Config, data: str | Path, rt: Runtime) -> _SearchData:
     ds = load_cifar10(data)
     tr_x, tr_y = _split(ds.train_x, ds.train_y, ds.search_train_idx, sc.train_subset, cfg.data.split_seed)
     va_x, va_y = _split(ds.train_x, ds.train_y, ds.search_val_idx, sc.train_subset, cfg.data.split_seed)
-    shard = {"device": rt.device, "rank": rt.rank, "world_size": rt.world_size}
+    shard: dict[str, Any] = {"device": rt.device, "rank": rt.rank, "world_size": rt.world_size}
     per_rank = sc.batch_size // rt.world_size
     aug = sc.official_val_augment
     train = CifarLoader(tr_x, tr_y, per_rank, train=True, seed=sc.seed, **shard)
@@ -215,10 +222,8 @@ def _search_data(cfg: Config, data: str | Path, rt: Runtime) -> _SearchData:
 def _supernet(sc: Any, rt: Runtime) -> Any:
     """The supernet of `sc`'s space on the run's device; with several processes every rank starts from rank 0's
     weights and alphas (and, with `sync_bn`, normalises with the global batch's statistics)."""
-    from methods.bnas.supernet import SuperNet
-
     torch.manual_seed(sc.seed)
-    net = SuperNet(
+    net: Any = SuperNet(
         sc.init_channels,
         sc.layers,
         num_classes=10,
@@ -231,8 +236,6 @@ def _supernet(sc: Any, rt: Runtime) -> Any:
         activation_checkpointing=sc.activation_checkpointing,
     ).to(rt.device)
     if rt.distributed:
-        from harness.distributed import convert_sync_batchnorm
-
         if sc.sync_bn:
             net = convert_sync_batchnorm(net, rt.device)
         for t in (*net.parameters(), *net.buffers()):
@@ -242,26 +245,33 @@ def _supernet(sc: Any, rt: Runtime) -> Any:
     return net
 
 
-def _searcher(sc: Any, net: Any, rt: Runtime) -> Any:
+def searcher_hyperparameters(sc: SearchConfig) -> dict[str, Any]:
+    """The BNAS searcher's hyperparameters from the `search` config (their defaults live there only: docs/bnas.md
+    §4): the optimisers of the weights and the alphas, the diversity regulariser and the release's switches of the
+    objective and the schedule."""
+    return {
+        "epochs": sc.epochs,
+        "lr": sc.lr,
+        "lr_min": sc.lr_min,
+        "momentum": sc.momentum,
+        "weight_decay": sc.weight_decay,
+        "arch_lr": sc.arch_lr,
+        "arch_betas": (sc.arch_beta1, sc.arch_beta2),
+        "arch_weight_decay": sc.arch_weight_decay,
+        "lam": sc.lam,
+        "tau": sc.tau,
+        "official_entropy_bug": sc.official_entropy_bug,
+        "official_lr_offset": sc.official_lr_offset,
+    }
+
+
+def _searcher(sc: SearchConfig, net: Any, rt: Runtime) -> Any:
     """The BNAS searcher (bi-level optimisation, diversity regulariser) over `net` with `sc`'s hyperparameters, from
     the searcher registry of `methods/`."""
-    from methods.registry import create_searcher
-
     searcher = create_searcher(
         "bnas",
         supernet=net,
-        epochs=sc.epochs,
-        lr=sc.lr,
-        lr_min=sc.lr_min,
-        momentum=sc.momentum,
-        weight_decay=sc.weight_decay,
-        arch_lr=sc.arch_lr,
-        arch_betas=(sc.arch_beta1, sc.arch_beta2),
-        arch_weight_decay=sc.arch_weight_decay,
-        lam=sc.lam,
-        tau=sc.tau,
-        official_entropy_bug=sc.official_entropy_bug,
-        official_lr_offset=sc.official_lr_offset,
+        **searcher_hyperparameters(sc),
         amp_dtype=torch.bfloat16 if (sc.amp and rt.device.type == "cuda") else None,
         cuda_graph=sc.cuda_graph and not sc.compile,  # the two together are untested: compile wins
     )
@@ -282,8 +292,6 @@ class _EpochResult:
 def _search_epoch(searcher: Any, d: _SearchData, sc: Any, epoch: int, rt: Runtime, progress: bool) -> _EpochResult:
     """One search epoch: the iterations (metric sums stay on the device), then the eval-mode selection accuracy of
     the supernet, the alpha entropy, the regulariser weight, and the genotypes and alphas before and after it."""
-    from methods.bnas.search import diversity_weight
-
     net = searcher.net
     t0 = time.perf_counter()
     searcher.new_epoch(epoch)
@@ -292,8 +300,6 @@ def _search_epoch(searcher: Any, d: _SearchData, sc: Any, epoch: int, rt: Runtim
     d.set_epoch(epoch)
     it: Any = zip(d.train, d.arch_batches(epoch), strict=False)  # the architecture batches never run out
     if progress and rt.is_main:
-        from tqdm import tqdm
-
         it = tqdm(it, total=len(d.train), desc=f"search {epoch}", leave=False, dynamic_ncols=True)
     acc: torch.Tensor | None = None
     n = 0
@@ -339,8 +345,6 @@ def _select(best: dict[str, Any], r: _EpochResult, offset: bool) -> dict[str, An
 def _write_results(out: Path, searcher: Any, best: dict[str, Any], last_epoch: int, sc: Any) -> None:
     """genotype.json (the selected genotype, the one of the final alphas and the ImageNet-transfer genotypes of
     both), alphas_best.json, alphas_final.json, alphas.json and genotype.txt."""
-    from methods.bnas.search import derive_genotype
-
     net = searcher.net
 
     def imagenet(an: torch.Tensor, ar: torch.Tensor) -> dict[str, Any]:
@@ -401,6 +405,71 @@ SEARCH_ARTIFACTS = (
 )
 
 
+def _search_lifecycle(cfg: Config, out: Path, rt: Runtime, method: str, fingerprint: str, precision: str) -> Any:
+    """The search's run folder and MLflow run (`<method>-s<seed>-search` in the dataset's experiment)."""
+    sc = cfg.search
+    tags = run_tags(
+        cfg, rt, method=method, stage="search", seed=sc.seed, dataset="cifar10", fingerprint=fingerprint,
+        precision=precision,
+    )  # fmt: skip
+    experiment, name = f"{cfg.tracking.experiment_prefix}-cifar10", f"{method}-s{sc.seed}-search"
+    return RunLifecycle(cfg, out, rt, experiment=experiment, run_name=name, tags=tags, tracker=make_tracker(cfg, rt))
+
+
+@dataclass
+class _Progress:
+    """What a search carries from epoch to epoch besides the supernet: the selection and every epoch's file."""
+
+    best: dict[str, Any]
+    epoch_files: list[dict[str, Any]]  # genotypes/epochNNN.json of every epoch (small), kept in the checkpoint
+
+    @classmethod
+    def resume(cls, searcher: Any, state: dict[str, Any] | None) -> tuple[_Progress, int]:
+        """The progress of a resumable checkpoint (loading its supernet, optimisers and RNG), else a fresh one; and
+        the epoch to start at."""
+        if state is None:
+            fresh = {"val_top1": -1.0, "epoch": -1, "genotype": None, "alphas": None, "alphas_epoch": -1}
+            return cls(fresh, []), 0
+        searcher.load_state_dict(state["model"])
+        set_rng_state(state["rng"])
+        return cls(dict(state["best"]), list(state.get("epoch_files", []))), int(state["epoch"])
+
+    def end_epoch(self, run: Any, searcher: Any, r: _EpochResult, sc: SearchConfig) -> None:
+        """Select, write the epoch's genotype file, checkpoint, log."""
+        epoch, out = r.row["epoch"], run.out
+        self.best = _select(self.best, r, sc.official_genotype_offset)
+        path = out / "genotypes" / f"epoch{epoch:03d}.json"
+        if run.is_main:
+            self.epoch_files.append({"epoch": epoch, "genotype": r.genotype_end, **r.alphas_end})
+            atomic_write_json(path, self.epoch_files[-1])
+        checkpoint = {"model": searcher.state_dict(), "rng": rng_state(), "epoch_files": self.epoch_files}
+        run.end_epoch(r.row, {**checkpoint, "best": self.best})
+        if run.is_main:
+            run.tracker.log_artifact(path, "genotypes")
+            log.info("search epoch %d/%d val/top1 %.2f entropy %.4f", epoch, sc.epochs, r.row["val/top1"],
+                     r.row["alpha_entropy"])  # fmt: skip
+
+    def rewrite_epoch_files(self, out: Path) -> None:
+        """The epoch files again where missing (a resume of a finished search whose outputs DVC removed)."""
+        for f in self.epoch_files:
+            if not (out / "genotypes" / f"epoch{f['epoch']:03d}.json").is_file():
+                atomic_write_json(out / "genotypes" / f"epoch{f['epoch']:03d}.json", f)
+
+
+def _search_metrics(history: list[dict[str, Any]], best: dict[str, Any], rt: Runtime, precision: str) -> dict[str, Any]:
+    last = history[-1]
+    return {
+        "search/val_top1": last["val/top1"],
+        "search/best_val_top1": best["val_top1"],
+        "search/best_epoch": best["epoch"],
+        "search/alpha_entropy": last["alpha_entropy"],
+        "perf/search_s": sum(r["perf/epoch_s"] for r in history),
+        "perf/peak_mem_mb": peak_memory_mb(rt.device),
+        "world_size": rt.world_size,
+        "precision": precision,
+    }
+
+
 def run_search(
     cfg: Config, data: str | Path, out: str | Path, *, resume: bool = False, progress: bool = True, method: str = "bnas"
 ) -> dict[str, Any]:
@@ -409,83 +478,30 @@ def run_search(
     rt = setup_runtime(sc.device)
     try:
         if sc.batch_size % rt.world_size:
-            raise DataError(
-                f"search.batch_size {sc.batch_size} (global) is not divisible by the {rt.world_size} processes"
-            )
+            raise DataError(f"search.batch_size {sc.batch_size} (global) is not divisible by the {rt.world_size} "
+                            "processes")  # fmt: skip
         if sc.threads > 0:
             torch.set_num_threads(sc.threads)
         d = _search_data(cfg, data, rt)
         searcher = _searcher(sc, _supernet(sc, rt), rt)
         precision = "bf16" if searcher.amp_dtype is not None else "fp32"  # of the supernet forwards
-        tags = run_tags(
-            cfg,
-            rt,
-            method=method,
-            stage="search",
-            seed=sc.seed,
-            dataset="cifar10",
-            fingerprint=d.fingerprint,
-            precision=precision,
-        )
-        run = RunLifecycle(
-            cfg,
-            out,
-            rt,
-            experiment=f"{cfg.tracking.experiment_prefix}-cifar10",
-            run_name=f"{method}-s{sc.seed}-search",
-            tags=tags,
-            tracker=make_tracker(cfg, rt),
-        )
-        best: dict[str, Any] = {"val_top1": -1.0, "epoch": -1, "genotype": None, "alphas": None, "alphas_epoch": -1}
-        epoch_files: list[dict[str, Any]] = []  # genotypes/epochNNN.json of every epoch (small), kept in the checkpoint
-        start = 0
-        state = run.resumable_state(resume, map_location=rt.device)
-        if state is not None:
-            searcher.load_state_dict(state["model"])
-            set_rng_state(state["rng"])
-            start, best, epoch_files = int(state["epoch"]), dict(state["best"]), list(state.get("epoch_files", []))
+        run = _search_lifecycle(cfg, out, rt, method, d.fingerprint, precision)
+        carried, start = _Progress.resume(searcher, run.resumable_state(resume, map_location=rt.device))
         run.start()
         with run:
             for epoch in range(start, sc.epochs):
-                r = _search_epoch(searcher, d, sc, epoch, rt, progress)
-                best = _select(best, r, sc.official_genotype_offset)
-                if rt.is_main:
-                    epoch_files.append({"epoch": epoch + 1, "genotype": r.genotype_end, **r.alphas_end})
-                    atomic_write_json(out / "genotypes" / f"epoch{epoch + 1:03d}.json", epoch_files[-1])
-                checkpoint = {"model": searcher.state_dict(), "rng": rng_state(), "epoch_files": epoch_files}
-                run.end_epoch(r.row, {**checkpoint, "best": best})
-                if rt.is_main:
-                    run.tracker.log_artifact(out / "genotypes" / f"epoch{epoch + 1:03d}.json", "genotypes")
-                    log.info(
-                        "search epoch %d/%d val/top1 %.2f entropy %.4f",
-                        epoch + 1,
-                        sc.epochs,
-                        r.row["val/top1"],
-                        r.row["alpha_entropy"],
-                    )
+                carried.end_epoch(run, searcher, _search_epoch(searcher, d, sc, epoch, rt, progress), sc)
             if not run.history:
                 raise DataError(f"{out}: search.epochs = {sc.epochs}: nothing to search")
-            if rt.is_main:  # a resume of a finished search (its outputs removed, e.g. by DVC) writes them all again
-                for f in epoch_files:
-                    if not (out / "genotypes" / f"epoch{f['epoch']:03d}.json").is_file():
-                        atomic_write_json(out / "genotypes" / f"epoch{f['epoch']:03d}.json", f)
+            if rt.is_main:
+                carried.rewrite_epoch_files(out)
             run.write_history()
             if rt.distributed:
                 torch.distributed.barrier()
                 if not rt.is_main:
                     return {"rank": rt.rank}
-            _write_results(out, searcher, best, run.history[-1]["epoch"], sc)
-            last = run.history[-1]
-            metrics = {
-                "search/val_top1": last["val/top1"],
-                "search/best_val_top1": best["val_top1"],
-                "search/best_epoch": best["epoch"],
-                "search/alpha_entropy": last["alpha_entropy"],
-                "perf/search_s": sum(r["perf/epoch_s"] for r in run.history),
-                "perf/peak_mem_mb": peak_memory_mb(rt.device),
-                "world_size": rt.world_size,
-                "precision": precision,
-            }
+            _write_results(out, searcher, carried.best, run.history[-1]["epoch"], sc)
+            metrics = _search_metrics(run.history, carried.best, rt, precision)
             run.finish(metrics, SEARCH_ARTIFACTS)
             _log_alpha_figure(run)
             return metrics

@@ -10,6 +10,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from scipy import stats
+
 __all__ = [
     "Summary",
     "summarize",
@@ -51,8 +53,6 @@ class Summary:
 
 def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
     """Mean, sample std and the t confidence interval of the mean over seeds (NaN where undefined)."""
-    from scipy import stats
-
     n = len(values)
     if n == 0:
         return Summary(0, math.nan, math.nan, math.nan, math.nan)
@@ -66,8 +66,6 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided Welch t-test p-value of a vs b; NaN with fewer than 2 values on a side or no variance at all."""
-    from scipy import stats
-
     if len(a) < 2 or len(b) < 2:
         return math.nan
     p = float(stats.ttest_ind(list(a), list(b), equal_var=False).pvalue)
@@ -78,8 +76,6 @@ def welch_detectable(a: Sequence[float], b: Sequence[float], alpha: float = 0.05
     """The smallest |mean(a) - mean(b)| that a two-sided Welch t-test at level `alpha` (uncorrected) calls
     significant, given these samples' sizes and standard deviations: t_{1-alpha/2, df} * sqrt(s_a^2/n_a + s_b^2/n_b),
     df by Welch-Satterthwaite. What a claim's seeds can resolve; NaN with fewer than 2 values on a side."""
-    from scipy import stats
-
     if len(a) < 2 or len(b) < 2:
         return math.nan
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)

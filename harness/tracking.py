@@ -126,7 +126,15 @@ class NullTracker:
 
     run_id: str | None = None
 
-    def start(self, **_: Any) -> str | None:
+    def start(
+        self,
+        *,
+        experiment: str,
+        run_name: str,
+        tags: Mapping[str, Any],
+        params: Mapping[str, Any],
+        run_id: str | None = None,
+    ) -> str | None:
         return None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -204,7 +212,13 @@ class Tracker(NullTracker):
             self.run_id = run.info.run_id
             self._log_params(self.run_id, params)
         else:
-            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            self.client.log_batch(self._current(), tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        return self._current()
+
+    def _current(self) -> str:
+        """The id of the run this tracker writes to (one must have been started)."""
+        if self.run_id is None:
+            raise RuntimeError("no MLflow run started: call Tracker.start first")
         return self.run_id
 
     def pipeline_parent(self, experiment: str, profile: str, create: bool = True) -> str | None:
@@ -293,12 +307,12 @@ class Tracker(NullTracker):
             self._logged[(self.run_id or "", k, step)] = value
             batch.append(Metric(k, value, ts, step))
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+            self.client.log_batch(self._current(), metrics=batch)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(self._current(), tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -328,7 +342,11 @@ def ui_urls(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[tuple[s
     return out
 
 
-_FORWARDED = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGINT, signal.SIGHUP: signal.SIGTERM}
+_FORWARDED: dict[int, int] = {
+    signal.SIGTERM: signal.SIGTERM,
+    signal.SIGINT: signal.SIGINT,
+    signal.SIGHUP: signal.SIGTERM,
+}
 
 
 def _signal_group(pgid: int, sig: int) -> None:

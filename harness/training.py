@@ -6,7 +6,6 @@ epoch, atomic), `history.csv` (per-epoch metrics), `metrics.json` (final metrics
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -15,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.utils import distribute_bn
 from torch import nn
 
 from harness.checkpoint import load_state, load_tensors, rng_state, set_rng_state
-from harness.config import Config
-from harness.data import CifarLoader, imagenet_loaders, load_cifar10, stratified_subset
+from harness.config import Config, load_config
+from harness.costs import profile_model
+from harness.data import build_loaders
 from harness.distributed import Runtime, all_gather_objects, setup_runtime, teardown_runtime
 from harness.engine import (
     BinaryStats,
@@ -35,80 +36,20 @@ from harness.engine import (
     unwrap,
     validate,
 )
-from harness.errors import CheckpointError, ConfigError, DataError
+from harness.errors import CheckpointError, ConfigError
 from harness.io import atomic_path, atomic_write_json
 from harness.models import count_params, create_model
 from harness.run import PERF_PREFIX, RunLifecycle, make_tracker, numeric, peak_memory_mb, run_tags
 
 __all__ = [
-    "build_loaders",
     "fit",
     "run_train",
     "run_evaluate",
-    "per_process_batch",
     "precision",
     "batch_deviation",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def _read_meta(data: Path) -> dict[str, Any]:
-    meta_path = data / "meta.json"
-    if not meta_path.is_file():
-        raise DataError(f"{data}: not a prepared dataset (meta.json missing); run `bnas prepare` first")
-    try:
-        return json.loads(meta_path.read_text())
-    except ValueError as e:
-        raise DataError(f"{meta_path}: corrupt ({e}); re-run `bnas prepare`") from None
-
-
-def build_loaders(cfg: Config, data: str | Path, rt: Runtime) -> tuple[Any, Any, dict[str, Any]]:
-    """Train and evaluation loaders for the prepared dataset at `data` (CIFAR-10 cache or ImageNet manifest)."""
-    data = Path(data)
-    meta = _read_meta(data)
-    tc, dc = cfg.train, cfg.data
-    cl = tc.channels_last
-    batch = per_process_batch(tc.batch_size, rt.world_size)
-    if meta.get("dataset") == "cifar10":
-        ds = load_cifar10(data)
-        tr_idx = torch.from_numpy(stratified_subset(ds.train_y.numpy(), dc.train_subset, dc.split_seed))
-        te_idx = torch.from_numpy(stratified_subset(ds.test_y.numpy(), dc.test_subset, dc.split_seed))
-        dev = rt.device if dc.on_device else torch.device("cpu")
-        common = {"seed": tc.seed, "device": dev, "rank": rt.rank, "world_size": rt.world_size, "channels_last": cl}
-        train = CifarLoader(ds.train_x[tr_idx], ds.train_y[tr_idx], batch, train=True, augment=dc.augment, **common)
-        val = CifarLoader(ds.test_x[te_idx], ds.test_y[te_idx], max(batch, 256), train=False, **common)
-        meta = dict(meta, train_used=len(tr_idx), test_used=len(te_idx))
-    elif meta.get("dataset") == "imagenet":
-        train, val, meta = imagenet_loaders(
-            data,
-            dc,
-            batch,
-            seed=tc.seed,
-            rank=rt.rank,
-            world_size=rt.world_size,
-            pin_memory=rt.device.type == "cuda",
-        )
-    else:
-        raise DataError(f"{data}/meta.json: unknown dataset {meta.get('dataset')!r}; expected cifar10 or imagenet")
-    n_cls = len(meta.get("classes", []))
-    if n_cls and tc.num_classes < n_cls:
-        raise DataError(f"{data}: {n_cls} classes but train.num_classes = {tc.num_classes}")
-    return train, val, meta
-
-
-def per_process_batch(global_batch: int, world_size: int) -> int:
-    """Each process's share of the global `train.batch_size`.
-
-    Raises:
-        ConfigError: the global batch is not divisible by the number of processes.
-    """
-    if global_batch % world_size:
-        raise ConfigError(
-            f"train.batch_size {global_batch} (global) is not divisible by the {world_size} processes; "
-            f"use a multiple of {world_size}"
-        )
-    return global_batch // world_size
 
 
 def precision(tc: Any, device: torch.device) -> str:
@@ -137,6 +78,16 @@ def _final_metrics(history: list[dict[str, Any]], extra: dict[str, Any]) -> dict
     out[f"{PERF_PREFIX}train_s"] = sum(r[f"{PERF_PREFIX}epoch_s"] for r in history)
     out.update(extra)
     return out
+
+
+def _run_facts(model: nn.Module, tc: Any, rt: Runtime) -> dict[str, Any]:
+    """What the final metrics say about the run itself: epochs, parameters, processes, peak memory."""
+    return {
+        "epochs": tc.epochs,
+        "params": count_params(unwrap(model)),
+        "world_size": rt.world_size,
+        f"{PERF_PREFIX}peak_mem_mb": peak_memory_mb(rt.device),
+    }
 
 
 def _place(model: nn.Module, tc: Any, rt: Runtime) -> nn.Module:
@@ -244,14 +195,12 @@ def _epoch(
         progress=progress and rt.is_main,
     )
     if rt.distributed:  # BN running stats drift apart per rank: average them before eval and checkpoint
-        from timm.utils import distribute_bn
-
         distribute_bn(unwrap(model), rt.world_size, reduce=True)
     row: dict[str, Any] = {"epoch": epoch + 1, **tm}
     for h in hooks:
         row.update(h.epoch_metrics())
     if (epoch + 1) % tc.eval_interval == 0 or epoch + 1 == tc.epochs:
-        row.update(validate(unwrap(model), val_loader, tc, rt, hooks))
+        row.update(validate(unwrap(model), val_loader, tc, rt))
     return row, global_step
 
 
@@ -303,7 +252,7 @@ def fit(
     if state is not None:
         global_step, start_epoch = _restore(state, model, opt, hooks, rt, run.checkpoint_path), int(state["epoch"])
     if rt.distributed:
-        ddp_kw = {"device_ids": [rt.device.index]} if rt.device.type == "cuda" else {}
+        ddp_kw: dict[str, Any] = {"device_ids": [rt.device.index]} if rt.device.type == "cuda" else {}
         model = nn.parallel.DistributedDataParallel(model, **ddp_kw)
     run.start()
     with run:
@@ -320,9 +269,7 @@ def fit(
         if not run.history:
             raise CheckpointError(f"{out}: train.epochs = {tc.epochs}: nothing to train")
         run.write_history()  # a resume of a finished run (its outputs removed, e.g. by DVC) writes them all again
-        extra = {"epochs": tc.epochs, "params": count_params(unwrap(model)), "world_size": rt.world_size}
-        extra[f"{PERF_PREFIX}peak_mem_mb"] = peak_memory_mb(rt.device)
-        metrics = _final_metrics(run.history, {**extra, **(extra_metrics or {})})
+        metrics = _final_metrics(run.history, {**_run_facts(model, tc, rt), **(extra_metrics or {})})
         if rt.is_main:
             with atomic_path(Path(out) / "model.pt") as tmp:
                 torch.save(unwrap(model).state_dict(), tmp)
@@ -345,8 +292,6 @@ def load_weights(model: nn.Module, path: str | Path, *, what: str = "the model.p
 
 def model_costs(model: nn.Module, meta: dict[str, Any], cfg: Config) -> dict[str, float]:
     """The model's cost figures (`cost/*`) at the dataset's input size under `train.cost_policy`."""
-    from harness.costs import profile_model
-
     size = 32 if meta.get("dataset") == "cifar10" else cfg.data.image_size
     try:
         p = profile_model(model, (3, size, size), cfg.train.cost_policy)
@@ -434,8 +379,6 @@ def run_train(
 
 def run_evaluate(run_dir: str | Path, data: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a finished run's `model.pt` (with its `config.yaml`) on the prepared dataset's evaluation split."""
-    from harness.config import load_config
-
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     model = create_model(cfg.train.model, cfg.train.num_classes, **cfg.train.model_kwargs)

@@ -1,4 +1,5 @@
-"""Registry of search procedures (models use timm's registry): `@register_searcher`, `create_searcher`.
+"""Registries of `methods/`: search procedures (`@register_searcher`, `create_searcher`; models use timm's registry)
+and what the result tables say about each model (`@described_by`, `method_info`).
 
 Also the keyword-argument check every model registered by `methods/` runs first: `check_model_kwargs` raises
 `ModelKwargError` for a keyword the model does not take (a typo, or another family's option), instead of swallowing it.
@@ -9,9 +10,14 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 __all__ = [
+    "MethodInfo",
+    "described_by",
+    "describe_models",
+    "method_info",
     "register_searcher",
     "create_searcher",
     "list_searchers",
@@ -90,3 +96,41 @@ def create_searcher(name: str, **kwargs: Any) -> Any:
     if name not in _SEARCHERS:
         raise ValueError(f"unknown searcher '{name}'; expected one of {', '.join(list_searchers())}")
     return _SEARCHERS[name](**kwargs)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What the result tables say about a model: the method's name, its binarisation scheme (as the BNAS table words
+    it), its paper, and whether its recipe starts from pretrained weights."""
+
+    method: str
+    scheme: str
+    paper: str
+    pretraining: bool = False
+
+
+_METHOD_INFO: dict[str, MethodInfo] = {}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def describe_models(names: Iterable[str], info: MethodInfo) -> None:
+    """Attach `info` to the registered models `names` (e.g. a timm model this package does not define)."""
+    for name in names:
+        if name in _METHOD_INFO and _METHOD_INFO[name] != info:
+            raise ValueError(f"model '{name}' described twice")
+        _METHOD_INFO[name] = info
+
+
+def described_by(info: MethodInfo) -> Callable[[F], F]:
+    """Decorator for a model entrypoint (under timm's `@register_model`): the tables describe its rows with `info`."""
+
+    def wrap(fn: F) -> F:
+        describe_models([fn.__name__], info)
+        return fn
+
+    return wrap
+
+
+def method_info(model: str) -> MethodInfo | None:
+    """The description of registered model `model`, None when its family gave none."""
+    return _METHOD_INFO.get(model)

@@ -15,6 +15,14 @@ import torch
 from harness.config import Config, config_from_dict
 from harness.engine import Hook
 
+# The data copy's README (sha256 of the sorted sha256sum lines, first 16 hex digits).
+README_FINGERPRINTS = {
+    "cifar10/train": "76eb1d1279d1d304",
+    "cifar10/test": "41953a0708927013",
+    "imagenette/train": "99b31302f3766761",
+    "imagenette/val": "db4c2542894ba32c",
+}
+
 
 def tiny_config(track: bool = False, train_subset: int = 512, test_subset: int = 256, **train: Any) -> Config:
     """A seconds-long run: timm's 0.37M-parameter test_resnet on 512 real CIFAR-10 train / 256 test images."""
@@ -112,3 +120,13 @@ def copy_from_reference(shared: Any, ref: Any) -> None:
             for name in ops.convs:
                 for e in sc.edge_ids[h]:
                     sc.edge_weight(e, name).copy_(rc.edges[e].conv(name).weight)
+
+
+def bnas_searcher(net: Any, **override: Any) -> Any:
+    """A BNAS searcher over `net` with the paper's hyperparameters (the `search` config's defaults), `override` on
+    top (e.g. `epochs=2`)."""
+    from harness.config import SearchConfig
+    from harness.searching import searcher_hyperparameters
+    from methods.bnas.search import BnasSearcher
+
+    return BnasSearcher(net, **{**searcher_hyperparameters(SearchConfig()), **override})

@@ -34,7 +34,7 @@ def data_root() -> Path:
 @pytest.fixture(scope="session")
 def cifar_cache(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The full real CIFAR-10 (60,000 images) prepared once per test session."""
-    from harness.data import prepare_cifar10
+    from harness.cifar10 import prepare_cifar10
 
     out = tmp_path_factory.mktemp("cifar10")
     prepare_cifar10(data_root, out, split_seed=0, search_train_fraction=0.5, download_root=out / "raw")

@@ -119,8 +119,35 @@ def test_constraints_pin_the_tested_torch_pair():
     assert pins["dvc"].startswith("3.")
 
 
+# A new baseline family, as docs/adding_a_method.md describes it: this one file, a params entry, nothing in harness/.
+TOY_FAMILY = '''"""A toy binary family (tests/test_pipeline.py): a one-block-per-stage BinaryNet-style ResNet."""
+
+from typing import Any
+
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from methods.baselines._binary_resnet import BinaryBasicBlock, BinaryResNet, binary_conv_factory, cfg
+from methods.registry import MethodInfo, describe_models
+
+default_cfgs = generate_default_cfgs({"toy_binary_cifar.untrained": cfg(cifar=True)})
+
+
+@register_model
+def toy_binary_cifar(pretrained: bool = False, **kwargs: Any) -> BinaryResNet:
+    """The toy: 1 binary block per stage, CIFAR stem."""
+    conv = binary_conv_factory("ste_sign", "ste_sign")
+    args = {"layers": (1, 1, 1, 1), "widths": (8, 16, 32, 64), "cifar_stem": True, "img_size": 32, "num_classes": 10}
+    args = {**args, **kwargs}
+    return build_model_with_cfg(BinaryResNet, "toy_binary_cifar", False, block=BinaryBasicBlock, conv=conv, **args)
+
+
+describe_models(("toy_binary_cifar",), MethodInfo("Toy-Net", "Sign (toy)", "tests/test_pipeline.py"))
+'''
+
+
 def _micro_copy(dst: Path, cifar_cache: Path, imagenette: Path) -> None:
-    """A copy of the repository (tracked files) whose params select a micro profile: 1 search, 1 seed, 1 baseline."""
+    """A copy of the repository (tracked files) whose params select a micro profile: 1 search, 1 seed, 2 baselines,
+    one of them the toy family added as docs/adding_a_method.md says (its file and its params entry only)."""
     import shutil
     import subprocess
 
@@ -151,12 +178,14 @@ def _micro_copy(dst: Path, cifar_cache: Path, imagenette: Path) -> None:
         "retrain_cell": "best",
         "cifar_recipe": "shared",
         "seeds": [0],
-        "cifar_methods": ["bireal_resnet18_cifar"],
+        "cifar_methods": ["bireal_resnet18_cifar", "toy_binary_cifar"],
         "searches": [{"search": "search", "seed": 2, "retrain": "bnas_searched", "train_seed": 0}],
         "imagenet_source": [str(imagenette)],  # the opt-in ImageNet path, on the real Imagenette subset
         "imagenet_methods": ["bnas_d"],
         "imagenet_seeds": [0],
     }
+    params["methods"]["toy_binary_cifar"] = {"recipe": "shared", "train": {"model": "toy_binary_cifar"}}
+    (dst / "methods" / "baselines" / "toy.py").write_text(TOY_FAMILY)
     (dst / "pipelines" / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (dst / "results").mkdir(exist_ok=True)
     shutil.copy2(REPO / "results" / "reference.yaml", dst / "results" / "reference.yaml")
@@ -176,6 +205,7 @@ def test_micro_profile_dvc_repro_end_to_end(cifar_cache, data_root, tmp_path):
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
         HF_HUB_OFFLINE="1",
+        PYTHONPATH=str(repo),  # the copy's code (with the toy family), not the installed checkout's
     )
 
     def run(*args: str) -> str:
@@ -191,7 +221,11 @@ def test_micro_profile_dvc_repro_end_to_end(cifar_cache, data_root, tmp_path):
     md = (repo / "results" / "micro" / "cifar10.md").read_text()
     assert "Profile `micro`" in md and "bireal_resnet18_cifar" in md and "BNAS (cell searched by this pipeline)" in md
     rows = list(csv.DictReader((repo / "results" / "micro" / "cifar10.csv").read_text().splitlines()[1:]))
-    assert {r["run_folder"] for r in rows} == {"bireal_resnet18_cifar", "bnas_searched", ""}
+    assert {r["run_folder"] for r in rows} == {"bireal_resnet18_cifar", "toy_binary_cifar", "bnas_searched", ""}
+    (toy,) = [r for r in rows if r["run_folder"] == "toy_binary_cifar"]  # described by its family file alone
+    assert toy["method"] == "Toy-Net (toy_binary_cifar)" and toy["scheme"] == "Sign (toy)", toy
+    profile = run("bnas", "profile", "toy_binary_cifar")
+    assert "toy_binary_cifar" in profile and "binary inputs in {-1,+1}: yes" in profile, profile
     assert [r["verdict"] for r in rows if r["run_folder"] == ""] == ["not run"]  # BNAS-A: in the paper, not run here
     assert all(float(r["top1_mean"]) > 0 for r in rows if r["n"] != "0")
     assert (repo / "results" / "micro" / "ablation.tex").is_file()
@@ -214,7 +248,7 @@ def test_micro_profile_dvc_repro_end_to_end(cifar_cache, data_root, tmp_path):
     parents = [r for r in runs if r.data.tags.get("bnas.role") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(children) == 3  # search, retrain, bireal
+    assert len(children) == 4  # search, retrain, bireal, toy
     assert "bireal_resnet18_cifar/top1_mean" in parents[0].data.metrics
     iexp = client.get_experiment_by_name("bnas-imagenet")  # the ImageNet runs nest under their experiment's parent
     iruns = client.search_runs([iexp.experiment_id])

@@ -44,7 +44,7 @@ SHELL_FENCES = {"", "bash", "sh", "shell", "console"}
 DVC_COMMANDS = {"repro", "exp", "plots", "status", "metrics", "params", "dag"}
 FORBIDDEN = [
     (re.compile(r"\.\./shared"), "../shared"),
-    (re.compile(r"bnas\.md"), "bnas.md"),
+    (re.compile(r"(?<!docs/)(?<![(\[])\bbnas\.md"), "bnas.md (other than this repository's docs/bnas.md, linked)"),
     (re.compile(r"poster\.md"), "poster.md"),
     (re.compile(r"issue\s*#?\s*\d", re.IGNORECASE), "issue <number>"),
     (re.compile(r"this team", re.IGNORECASE), "this team"),
@@ -140,6 +140,32 @@ def test_the_guides_point_to_nothing_outside_the_repository(guide):
     text = guide.read_text()
     found = [label for pattern, label in FORBIDDEN if pattern.search(text)]
     assert not found, f"{_rel(guide)} mentions {found}"
+
+
+# the files of the method's description that live outside this repository: code and params cite docs/ instead
+OUTSIDE = re.compile(r"(?<!docs/)\b(bnas|baselines|baselines_more|search_performance|poster|STYLE)\.md\b|shared/spec")
+DOC_SECTION = re.compile(r"docs/bnas\.md §(\d+)(?:\.(\d+))?")
+
+
+def test_the_code_cites_only_this_repository_and_sections_that_exist():
+    """Docstrings and comments cite the paper or docs/ (never a description kept outside the repository), and every
+    `docs/bnas.md §N[.M]` they cite is a section (or a row of §8's table) of that page."""
+    page = (REPO / "docs" / "bnas.md").read_text()
+    sections = set(re.findall(r"^##+ (\d+(?:\.\d+)?)\.? ", page, flags=re.MULTILINE))
+    sections |= set(re.findall(r"^\| (8\.\d+) \|", page, flags=re.MULTILINE))
+    files = [p for d in ("harness", "methods", "tests", "pipelines") for p in (REPO / d).rglob("*") if p.is_file()]
+    files = [p for p in files if p.suffix in (".py", ".yaml") and p.name != "dvc.lock"]
+    outside, missing = [], []
+    for p in files:
+        text = p.read_text()
+        if p.name != "test_readme.py":
+            outside += [f"{_rel(p)}: {m.group(0)}" for m in OUTSIDE.finditer(text)]
+        for m in DOC_SECTION.finditer(text):
+            sec = m.group(1) + (f".{m.group(2)}" if m.group(2) else "")
+            if sec not in sections:
+                missing.append(f"{_rel(p)}: §{sec}")
+    assert not outside, outside
+    assert not missing, missing
 
 
 @pytest.mark.parametrize("guide", GUIDES, ids=_rel)

@@ -22,6 +22,7 @@ from methods.baselines._binary_resnet import (
     cfg,
     check_resnet_kwargs,
 )
+from methods.registry import MethodInfo, describe_models
 
 __all__ = ["binarynet_resnet18", "binarynet_resnet18_cifar"]
 
@@ -63,3 +64,7 @@ def binarynet_resnet18_cifar(pretrained: bool = False, **kwargs: Any) -> BinaryR
     """BinaryNet ResNet-18, CIFAR stem (32x32)."""
     args = {"layers": (2, 2, 2, 2), "cifar_stem": True, "img_size": 32, "num_classes": 10}
     return _create_binarynet("binarynet_resnet18_cifar", pretrained, **dict(args, **kwargs))
+
+
+BINARYNET = MethodInfo("BinaryNet", "Sign", "Courbariaux, Hubara et al., NeurIPS 2016, arXiv 1602.02830")
+describe_models(("binarynet_resnet18", "binarynet_resnet18_cifar"), BINARYNET)

@@ -19,6 +19,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from methods.baselines._binary_resnet import BinaryResNet, BiRealBlock, binary_conv_factory, cfg, check_resnet_kwargs
 from methods.binary import MagnitudeAwareSign
+from methods.registry import MethodInfo, describe_models
 
 __all__ = ["bireal_resnet18", "bireal_resnet18_cifar", "bireal_resnet34", "bireal_resnet34_cifar"]
 
@@ -72,3 +73,7 @@ def bireal_resnet34(pretrained: bool = False, **kwargs: Any) -> BinaryResNet:
 def bireal_resnet34_cifar(pretrained: bool = False, **kwargs: Any) -> BinaryResNet:
     """Bi-Real Net 34, CIFAR stem (32x32)."""
     return _create_birealnet("bireal_resnet34_cifar", pretrained, **dict({"layers": (6, 8, 12, 6), **_CIFAR}, **kwargs))
+
+
+BIREAL = MethodInfo("Bi-Real", "Sign + Scale", "Liu et al., ECCV 2018, arXiv 1808.00278")
+describe_models(("bireal_resnet18", "bireal_resnet18_cifar", "bireal_resnet34", "bireal_resnet34_cifar"), BIREAL)

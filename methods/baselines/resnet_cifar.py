@@ -7,13 +7,13 @@ ResNet (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, ar
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from methods.registry import check_model_kwargs, constructor_kwargs
+from methods.registry import MethodInfo, check_model_kwargs, constructor_kwargs, describe_models
 
 __all__ = ["resnet18_cifar"]
 
@@ -23,12 +23,13 @@ CIFAR_STD = (0.24703233, 0.24348505, 0.26158768)
 
 def _cifar_stem(model: ResNet, in_chans: int) -> ResNet:
     """Swap timm's ImageNet stem for a 3x3 stride-1 conv and no max-pool (in place); returns the model."""
-    width = model.conv1.out_channels
-    model.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
-    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-    model.maxpool = nn.Identity()
+    width = cast(nn.Conv2d, model.conv1).out_channels
+    conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.conv1 = conv1  # type: ignore[assignment]  # timm types a deep stem as Sequential
+    model.maxpool = nn.Identity()  # type: ignore[assignment]
     for info in model.feature_info:  # reductions shrink by the 4x the old stem took
-        info["reduction"] = max(1, info["reduction"] // 4)
+        info["reduction"] = max(1, cast(int, info["reduction"]) // 4)
     return model
 
 
@@ -69,3 +70,7 @@ def resnet18_cifar(pretrained: bool = False, **kwargs: Any) -> ResNet:
     model_args = {"block": BasicBlock, "layers": (2, 2, 2, 2)}
     model_args.update(kwargs)
     return _create_resnet_cifar("resnet18_cifar", pretrained, **model_args)
+
+
+FULL_PRECISION = MethodInfo("Full precision", "none (FP32)", "He et al., CVPR 2016, arXiv 1512.03385")
+describe_models(("resnet18", "resnet18_cifar"), FULL_PRECISION)

@@ -31,6 +31,7 @@ from methods.baselines._binary_resnet import (
     check_resnet_kwargs,
 )
 from methods.binary import XnorWeight
+from methods.registry import MethodInfo, describe_models
 
 __all__ = ["xnornet_resnet18", "xnornet_resnet18_cifar"]
 
@@ -74,3 +75,7 @@ def xnornet_resnet18_cifar(pretrained: bool = False, **kwargs: Any) -> BinaryRes
     """XNOR-Net ResNet-18, CIFAR stem (32x32)."""
     args = {"layers": (2, 2, 2, 2), "cifar_stem": True, "img_size": 32, "num_classes": 10}
     return _create_xnornet("xnornet_resnet18_cifar", pretrained, **dict(args, **kwargs))
+
+
+XNORNET = MethodInfo("XNOR-Net", "Sign + Scale", "Rastegari et al., ECCV 2016, arXiv 1603.05279")
+describe_models(("xnornet_resnet18", "xnornet_resnet18_cifar"), XNORNET)

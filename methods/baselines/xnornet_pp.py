@@ -24,6 +24,7 @@ from methods.baselines._binary_resnet import (
     cfg,
     check_resnet_kwargs,
 )
+from methods.registry import MethodInfo, describe_models
 
 __all__ = ["xnornetpp_resnet18", "xnornetpp_resnet18_cifar"]
 
@@ -65,3 +66,7 @@ def xnornetpp_resnet18_cifar(pretrained: bool = False, **kwargs: Any) -> BinaryR
     """XNOR-Net++ ResNet-18, CIFAR stem (32x32); `scale_shape` selects Gamma's shape."""
     args = {"layers": (2, 2, 2, 2), "cifar_stem": True, "img_size": 32, "num_classes": 10}
     return _create_xnornet_pp("xnornetpp_resnet18_cifar", pretrained, **dict(args, **kwargs))
+
+
+XNORNETPP = MethodInfo("XNOR-Net++", "Sign + Scale*", "Bulat, Tzimiropoulos, BMVC 2019, arXiv 1909.13863")
+describe_models(("xnornetpp_resnet18", "xnornetpp_resnet18_cifar"), XNORNETPP)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -108,9 +108,9 @@ def signs_from_codes(xu: torch.Tensor, dtype: torch.dtype = torch.float32) -> to
 def int8_conv_forward(
     x: torch.Tensor,
     w: torch.Tensor,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
     relu: bool,
     any_layout: bool = False,
     codes: torch.Tensor | None = None,

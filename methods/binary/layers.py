@@ -10,12 +10,14 @@ On CPU in float32, a conv whose input quantizer gives exactly +-1 (`signs_only`)
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from methods.binary.int8_conv import int8_binary_conv2d, int8_conv_enabled, int8_sign_conv2d
-from methods.binary.quantizers import QuantizerLike, get_quantizer
+from methods.binary.quantizers import Quantizer, QuantizerLike, get_quantizer
 
 __all__ = ["BinaryConv2d"]
 
@@ -65,6 +67,11 @@ class BinaryConv2d(nn.Conv2d):
             self.weight.clamp_(-self.weight_clip, self.weight_clip)
 
     @property
+    def _pad(self) -> tuple[int, int]:
+        """The padding (BinaryConv2d takes ints only: nn.Conv2d stores them as a pair)."""
+        return cast(tuple[int, int], self.padding)
+
+    @property
     def binary_input(self) -> bool:
         return self.input_quantizer is not None
 
@@ -80,7 +87,8 @@ class BinaryConv2d(nn.Conv2d):
             and self.groups == 1
             and self.bias is None
             and self.pad_value == 0.0
-            and getattr(self.weight_quantizer, "scaled_signs", False)
+            and isinstance(self.weight_quantizer, Quantizer)
+            and self.weight_quantizer.scaled_signs
             and int8_conv_enabled()
             and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling()
@@ -91,11 +99,12 @@ class BinaryConv2d(nn.Conv2d):
         fused into the int8 forward where that runs)."""
         if self.input_quantizer is None:
             return self._conv(x, relu, int8=False)
-        int8 = getattr(self.input_quantizer, "signs_only", False) and self._int8_ok(x)
-        sign_grad = getattr(self.input_quantizer, "sign_grad", None)
-        if int8 and sign_grad is not None and self.scale is None:  # the sign fused into the int8 conv
-            w = self.weight_quantizer(self.weight)
-            return int8_sign_conv2d(x, w, sign_grad, self.stride, self.padding, self.dilation, relu)
+        q = self.input_quantizer
+        caps = q if isinstance(q, Quantizer) else None  # a foreign module declares nothing: the plain path
+        int8 = caps is not None and caps.signs_only and self._int8_ok(x)
+        if int8 and caps is not None and caps.fuses_sign and self.scale is None:  # the sign fused into the int8 conv
+            w = self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
+            return int8_sign_conv2d(x, w, caps.sign_grad, self.stride, self._pad, self.dilation, relu)
         return self._conv(self.input_quantizer(x), relu, int8)
 
     def forward_signs(self, xb: torch.Tensor, relu: bool = False, any_layout: bool = False) -> torch.Tensor:
@@ -111,12 +120,12 @@ class BinaryConv2d(nn.Conv2d):
         w = self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
         if int8:
             fuse = relu and self.scale is None
-            y = int8_binary_conv2d(x, w, self.stride, self.padding, self.dilation, fuse, any_layout)
+            y = int8_binary_conv2d(x, w, self.stride, self._pad, self.dilation, fuse, any_layout)
             if self.scale is None:
                 return y
             y = self.scale(y)
             return F.relu_(y) if relu else y
-        ph, pw = self.padding if isinstance(self.padding, tuple) else (self.padding, self.padding)
+        ph, pw = self._pad
         if self.pad_value != 0.0 and (ph or pw):
             x = F.pad(x, (pw, pw, ph, ph), value=self.pad_value)
             y = F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "Quantizer",
     "QuantizerLike",
     "binary_sign",
     "SteSign",
@@ -27,6 +28,30 @@ __all__ = [
     "list_quantizers",
 ]
 
+
+class Quantizer(nn.Module):
+    """What every quantizer of this package declares about itself, so that a layer can ask instead of probing.
+
+    Capabilities (class attributes; a subclass sets those that hold):
+      - `bit_width`: bits per quantised value;
+      - `signs_only`: the output is exactly +-1 (an input quantizer whose output an int8 conv can take as is);
+      - `scaled_signs`: as a weight quantizer, +-alpha per output filter (an int8 conv computes alpha x an integer
+        sum exactly);
+      - `fuses_sign`: :meth:`sign_grad` gives the input gradient from the gradient w.r.t. sign(x), so a conv can fuse
+        the sign into its int8 forward and keep only the input's 1-byte codes.
+    """
+
+    name: str = ""
+    bit_width: int = 1
+    signs_only: bool = False
+    scaled_signs: bool = False
+    fuses_sign: bool = False
+
+    def sign_grad(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The gradient w.r.t. x given g, the gradient w.r.t. sign(x) (only where `fuses_sign`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not fuse its sign into a conv")
+
+
 QuantizerLike = str | nn.Module | None
 
 _QUANTIZERS: dict[str, type[nn.Module]] = {}
@@ -39,7 +64,7 @@ def register_quantizer(name: str) -> Callable[[type[nn.Module]], type[nn.Module]
         if name in _QUANTIZERS:
             raise ValueError(f"quantizer alias '{name}' registered twice")
         _QUANTIZERS[name] = cls
-        cls.name = name  # type: ignore[attr-defined]
+        setattr(cls, "name", name)  # noqa: B010  (a Quantizer declares `name`; a registered foreign module gets it)
         return cls
 
     return wrap
@@ -127,7 +152,7 @@ class _ApproxSignFn(torch.autograd.Function):
 
 
 @register_quantizer("ste_sign")
-class SteSign(nn.Module):
+class SteSign(Quantizer):
     """Sign with the hard-tanh straight-through estimator (BinaryNet).
 
     Forward: q = sign(x), sign(0) = +1. Backward: dq/dx = 1 if |x| <= clip_value else 0.
@@ -135,9 +160,9 @@ class SteSign(nn.Module):
     Reference: Courbariaux, Hubara et al., "Binarized Neural Networks", NeurIPS 2016, arXiv 1602.02830.
     """
 
-    bit_width = 1
     signs_only = True  # outputs exactly +-1
     scaled_signs = True  # as a weight quantizer: +-alpha per output filter (alpha = 1)
+    fuses_sign = True
 
     def __init__(self, clip_value: float = 1.0) -> None:
         super().__init__()
@@ -156,7 +181,7 @@ class SteSign(nn.Module):
 
 
 @register_quantizer("approx_sign")
-class ApproxSign(nn.Module):
+class ApproxSign(Quantizer):
     """Sign with Bi-Real Net's piecewise-polynomial gradient.
 
     Forward: q = sign(x), sign(0) = +1. Backward: dq/dx = 2 - 2|x| for |x| < 1, else 0 (the derivative of
@@ -165,9 +190,9 @@ class ApproxSign(nn.Module):
     Reference: Liu et al., "Bi-Real Net", ECCV 2018, arXiv 1808.00278.
     """
 
-    bit_width = 1
     signs_only = True
     scaled_signs = True
+    fuses_sign = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _ApproxSignFn.apply(x)
@@ -219,7 +244,7 @@ class _XnorWeightFn(torch.autograd.Function):
 
 
 @register_quantizer("xnor_weight")
-class XnorWeight(nn.Module):
+class XnorWeight(Quantizer):
     """XNOR-Net weight binarisation: W_b = alpha * sign(W), alpha = mean |W| over each output filter (C_in*k*k).
 
     Before binarising, the latent weights may be mean-centred over the input-channel dimension and clamped to
@@ -259,8 +284,6 @@ class XnorWeight(nn.Module):
     Reference: Rastegari et al., "XNOR-Net", ECCV 2016, arXiv 1603.05279.
     """
 
-    bit_width = 1
-
     def __init__(self, center: bool = True, clamp: bool = True, grad: GradMode = "exact") -> None:
         super().__init__()
         if grad not in ("ste", "exact", "xnor_rescale"):
@@ -271,7 +294,7 @@ class XnorWeight(nn.Module):
         self._grad_seen = False  # a backward pass reached the latent weights since the last prep
 
     @property
-    def scaled_signs(self) -> bool:
+    def scaled_signs(self) -> bool:  # type: ignore[override]  # per instance: False with FP `binary_rows`
         """Every output filter is +-alpha (no full-precision `binary_rows`)."""
         return self.binary_rows is None
 
@@ -371,7 +394,7 @@ class _MagnitudeAwareFn(torch.autograd.Function):
 
 
 @register_quantizer("magnitude_aware_sign")
-class MagnitudeAwareSign(nn.Module):
+class MagnitudeAwareSign(Quantizer):
     """Bi-Real Net's magnitude-aware weights: W_b = (||W||_1 / n) * sign(W) per output filter (n = C_in*k*k).
 
     Backward (`variant`):
@@ -382,7 +405,6 @@ class MagnitudeAwareSign(nn.Module):
     Reference: Liu et al., "Bi-Real Net", ECCV 2018, arXiv 1808.00278.
     """
 
-    bit_width = 1
     scaled_signs = True  # +-alpha per output filter
 
     def __init__(self, variant: Literal["release", "paper"] = "release") -> None:

@@ -24,7 +24,7 @@ weights (their input stays real), as the first release did (§8.2) — the conve
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from timm.layers import SelectAdaptivePool2d, drop_path
@@ -35,7 +35,7 @@ from methods.binary import BinaryConv2d
 from methods.binary.int8_conv import is_channels_last
 from methods.bnas.genotypes import Genotype, genotype_from_json, get_genotype
 from methods.bnas.operations import BinConvBlock, build_op, xnor_weight_quantizer
-from methods.registry import check_model_kwargs, constructor_kwargs
+from methods.registry import MethodInfo, check_model_kwargs, constructor_kwargs, describe_models
 
 __all__ = ["BnasCell", "BnasNetwork", "bnas_a", "bnas_d", "bnas_e", "bnas_f", "bnas_g", "bnas_h"]
 
@@ -111,7 +111,7 @@ class BnasCell(nn.Module):
                     zeros = torch.empty(n, self.c, h_out, w_out, device=dev, dtype=dtype, memory_format=fmt).zero_()
                 outs.append(zeros)
             else:
-                outs.append(states[j])
+                outs.append(cast(torch.Tensor, states[j]))
         out = torch.cat(outs, dim=1)
         if not self.has_skip:
             return out
@@ -326,3 +326,7 @@ def bnas_g(pretrained: bool = False, **kwargs: Any) -> BnasNetwork:
 def bnas_h(pretrained: bool = False, **kwargs: Any) -> BnasNetwork:
     """BNAS-H (ImageNet): cell latest_cell, 16 cells, C = 128."""
     return _imagenet("h", pretrained, kwargs)
+
+
+BNAS = MethodInfo("BNAS", "Sign + Scale", "Kim, Singh, Choi, ECCV 2020, arXiv 2002.06963")
+describe_models(("bnas_a", "bnas_d", "bnas_e", "bnas_f", "bnas_g", "bnas_h"), BNAS)

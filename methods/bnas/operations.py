@@ -15,7 +15,7 @@ the depthwise convs use :class:`DepthwiseXnorWeight` (no centring, see there).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +161,7 @@ class BinFactorizedReduce(nn.Module):
         if c_out % 2:
             raise ValueError(f"BinFactorizedReduce needs an even number of output channels, got {c_out}")
         self.bn = nn.BatchNorm2d(c_in, affine=affine)
-        q = {"bias": False, "input_quantizer": "ste_sign"}
+        q: dict[str, Any] = {"bias": False, "input_quantizer": "ste_sign"}
         self.conv_1 = BinaryConv2d(c_in, c_out // 2, 1, 2, 0, weight_quantizer=xnor_weight_quantizer(), **q)
         self.conv_2 = BinaryConv2d(c_in, c_out // 2, 1, 2, 0, weight_quantizer=xnor_weight_quantizer(), **q)
 

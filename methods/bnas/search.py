@@ -7,7 +7,7 @@ t = the epoch, H the mean Shannon entropy (natural log) over all normal and redu
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from methods.binary.quantizers import XnorWeight, schedule_xnor_prep
 from methods.bnas.genotypes import Genotype
+from methods.bnas.supernet import SuperNet
 from methods.registry import register_searcher
 
 __all__ = ["mean_entropy", "diversity_weight", "derive_genotype", "BnasSearcher", "bnas"]
@@ -138,20 +139,20 @@ class BnasSearcher:
 
     def __init__(
         self,
-        supernet: torch.nn.Module,
+        supernet: SuperNet,
         *,
-        epochs: int = 50,
-        lr: float = 0.025,
-        lr_min: float = 0.001,
-        momentum: float = 0.9,
-        weight_decay: float = 3e-4,
-        arch_lr: float = 3e-4,
-        arch_betas: tuple[float, float] = (0.5, 0.999),
-        arch_weight_decay: float = 1e-3,
-        lam: float = 1.0,
-        tau: float = 7.7,
-        official_entropy_bug: bool = False,
-        official_lr_offset: bool = False,
+        epochs: int,
+        lr: float,
+        lr_min: float,
+        momentum: float,
+        weight_decay: float,
+        arch_lr: float,
+        arch_betas: tuple[float, float],
+        arch_weight_decay: float,
+        lam: float,
+        tau: float,
+        official_entropy_bug: bool,
+        official_lr_offset: bool,
         amp_dtype: torch.dtype | None = None,
         cuda_graph: bool = False,
     ) -> None:
@@ -207,7 +208,7 @@ class BnasSearcher:
         """(objective, CE, logits) of the architecture step on a validation batch."""
         logits = self.forward(x)
         ce = F.cross_entropy(logits, y)
-        h = mean_entropy(*self.a_params, official_bug=self.official_entropy_bug)
+        h = mean_entropy(self.a_params[0], self.a_params[1], official_bug=self.official_entropy_bug)
         return ce - diversity_weight(self.epoch, self.lam, self.tau) * h, ce, logits
 
     def step(
@@ -280,19 +281,20 @@ class BnasSearcher:
                     obj.detach(),
                 ]
             ).float()
-            (m,) = _average_over_ranks((m,))  # the global batch's means (equal shards)
-        return m
+            (avg,) = _average_over_ranks((m,))  # the global batch's means (equal shards)
+        assert avg is not None
+        return avg
 
     def entropy(self) -> float:
         """Current mean alpha entropy (the correct reading, whatever `official_entropy_bug` says)."""
         with torch.no_grad():
-            return float(mean_entropy(*self.a_params))
+            return float(mean_entropy(self.a_params[0], self.a_params[1]))
 
-    def genotype(self, **kwargs: float | bool) -> Genotype:
+    def genotype(self, **kwargs: Any) -> Genotype:
         """The genotype derived from the current alphas (see :func:`derive_genotype`)."""
         return derive_genotype(self.a_params[0], self.a_params[1], self.net.primitives, self.net.steps, **kwargs)
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "net": self.net.state_dict(),
             "w_opt": self.w_opt.state_dict(),
@@ -300,11 +302,11 @@ class BnasSearcher:
             "epoch": self.epoch,
         }
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        self.net.load_state_dict(state["net"])  # type: ignore[arg-type]
-        self.w_opt.load_state_dict(state["w_opt"])  # type: ignore[arg-type]
-        self.a_opt.load_state_dict(state["a_opt"])  # type: ignore[arg-type]
-        self.epoch = int(state["epoch"])  # type: ignore[arg-type]
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.a_opt.load_state_dict(state["a_opt"])
+        self.epoch = int(state["epoch"])
 
 
 class _CapturedStep(NamedTuple):
@@ -340,6 +342,6 @@ def _cosine(base: float, eta_min: float, epoch: int, total: int) -> float:
 
 
 @register_searcher
-def bnas(supernet: torch.nn.Module, **kwargs: object) -> BnasSearcher:
+def bnas(supernet: SuperNet, **kwargs: Any) -> BnasSearcher:
     """The BNAS searcher (first-order bilevel, entropy-regularised)."""
-    return BnasSearcher(supernet, **kwargs)  # type: ignore[arg-type]
+    return BnasSearcher(supernet, **kwargs)

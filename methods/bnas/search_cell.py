@@ -8,6 +8,8 @@ predecessor (DARTS edge order), and its output is the concatenation of the nodes
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,7 +101,7 @@ class MixedOp(nn.Module):
         """The binary conv of op `name` on this edge (a single-conv op of S_B, `CONV_OPS`)."""
         if name not in CONV_OPS:
             raise ValueError(f"op {name!r} has no single conv; expected one of {', '.join(CONV_OPS)}")
-        return self.op(name).conv
+        return cast(BinaryConv2d, self.op(name).conv)
 
 
 class SearchCellBase(nn.Module):
@@ -168,4 +170,4 @@ class SearchCell(SearchCellBase):
         return self.finish(states, s1)
 
     def set_fp(self, edge: int, op: str) -> None:
-        self.edges[edge].conv(op).weight_quantizer = None
+        cast(MixedOp, self.edges[edge]).conv(op).weight_quantizer = None

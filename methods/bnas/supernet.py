@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -139,7 +139,7 @@ class SuperNet(nn.Module):
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, len(self.primitives)))
         self.fp_convs = release_fp_tail(self) if official_fp_tail else []
         for cell_i, edge, op in self.fp_convs:
-            self.cells[cell_i].set_fp(edge, op)
+            cast(SearchCellBase, self.cells[cell_i]).set_fp(edge, op)
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """The architecture parameters (alphas)."""
@@ -195,7 +195,7 @@ def _frozen_bn_recompute(module: nn.Module) -> Callable[[], tuple[Any, Any]]:
         finally:
             for m, (mom, nbt) in zip(bns, saved, strict=True):
                 m.momentum = mom
-                if nbt is not None:
+                if nbt is not None and m.num_batches_tracked is not None:
                     m.num_batches_tracked.copy_(nbt)
 
     return lambda: (contextlib.nullcontext(), frozen())

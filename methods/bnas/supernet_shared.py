@@ -23,11 +23,13 @@ CUDA, autocast and torch.compile take the op-by-op path (:func:`fused_node_appli
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.binary import BinaryConv2d, SteSign
+from methods.binary import BinaryConv2d, SteSign, XnorWeight
 from methods.binary.int8_conv import backward_will_use, gradient_edge, int8_conv_forward
 from methods.bnas.operations import CONV_OPS, OP_SPECS, conv_geometry, xnor_weight_quantizer
 from methods.bnas.search_cell import SearchCellBase, edge_index, search_op
@@ -199,12 +201,17 @@ class StateOps(nn.Module):
             self.convs[name] = BinaryConv2d(
                 c, n_edges * c, k, stride, pad, dil, weight_quantizer=xnor_weight_quantizer()
             )
-        self.pools = nn.ModuleDict({name: search_op(name, c, stride) for name in _POOLS if name in primitives})
+        self.pools = nn.ModuleDict({n: cast(nn.Module, search_op(n, c, stride)) for n in _POOLS if n in primitives})
         self.columns = [primitives.index(n) for n in (*self.convs, *self.pools)]
         # on the module's device: indexing with a Python list copies it to the device on every call (not allowed
         # while a CUDA graph is captured)
+        self.column_index: torch.Tensor
         self.register_buffer("column_index", torch.tensor(self.columns), persistent=False)
-        self.geoms = [(list(c.stride), list(c.padding), list(c.dilation)) for c in self.convs.values()]
+        self.geoms = [(list(c.stride), list(c.padding), list(c.dilation)) for c in self._convs()]
+
+    def _convs(self) -> list[BinaryConv2d]:
+        """The grouped binary convs, one per conv op of the space."""
+        return cast(list[BinaryConv2d], list(self.convs.values()))
 
     def forward(self, h: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The mixed outputs of the n_edges edges, each (N, C, H', W'); `weights` is (n_edges, len(primitives))."""
@@ -215,7 +222,7 @@ class StateOps(nn.Module):
         col = 0
         if self.bn is not None:
             xb = self.sign(self.bn(h))
-            for conv in self.convs.values():
+            for conv in self._convs():
                 y = conv.forward_signs(xb, relu=True, any_layout=True)
                 y = y.view(y.shape[0], self.n_edges, self.c, y.shape[2], y.shape[3])
                 acc = y * coef[col] if acc is None else torch.addcmul(acc, y, coef[col])
@@ -245,8 +252,8 @@ class StateOps(nn.Module):
             xb, ws, int8 = h, [], False
         else:
             xb = self.sign(self.bn(h))
-            convs = list(self.convs.values())
-            ws = [c.weight_quantizer(c.weight) for c in convs]
+            convs = self._convs()
+            ws = [c.weight if c.weight_quantizer is None else c.weight_quantizer(c.weight) for c in convs]
             int8 = all(c._int8_ok(xb) for c in convs)
         return _MixedConvs.apply(xb, coef, self.geoms, int8, self.n_edges, len(ws), *ws, *pools)
 
@@ -263,6 +270,7 @@ class SharedSearchCell(SearchCellBase):
             self.edge_ids.append([edge_index(i, h) for i in nodes])
             self.state_ops.append(StateOps(self.c, self.stride(h), len(nodes), self.primitives))
         # the alpha rows of all edges, grouped by input state, as one index on the module's device (see StateOps)
+        self.edge_order: torch.Tensor
         self.register_buffer("edge_order", torch.tensor([e for ids in self.edge_ids for e in ids]), persistent=False)
         self.edge_counts = [len(ids) for ids in self.edge_ids]
 
@@ -278,15 +286,20 @@ class SharedSearchCell(SearchCellBase):
     def edge_weight(self, edge: int, op: str) -> torch.Tensor:
         """The (C, C, k, k) view of the conv weight of op `op` on edge `edge` inside its grouped tensor."""
         h, k = self._locate(edge)
-        return self.state_ops[h].convs[op].weight[k * self.c : (k + 1) * self.c]
+        return self._conv(h, op).weight[k * self.c : (k + 1) * self.c]
 
     def set_fp(self, edge: int, op: str) -> None:
         h, k = self._locate(edge)
-        q = self.state_ops[h].convs[op].weight_quantizer
+        conv = self._conv(h, op)
+        q = conv.weight_quantizer
+        assert isinstance(q, XnorWeight)
         if q.binary_rows is None:
-            q.binary_rows = torch.ones(q_rows := self.state_ops[h].n_edges * self.c, dtype=torch.bool)
-            assert q_rows == self.state_ops[h].convs[op].weight.shape[0]
+            q.binary_rows = torch.ones(conv.weight.shape[0], dtype=torch.bool)
         q.binary_rows[k * self.c : (k + 1) * self.c] = False
+
+    def _conv(self, state: int, op: str) -> BinaryConv2d:
+        """The grouped conv of op `op` over the edges leaving input state `state`."""
+        return cast(BinaryConv2d, cast(StateOps, self.state_ops[state]).convs[op])
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]

@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 
 from harness.config import config_from_dict
+from harness.data import build_loaders
 from harness.distributed import setup_runtime, teardown_runtime
 from harness.models import create_model
-from harness.training import build_loaders, fit
+from harness.training import fit
 
 
 def main(data: str, out: str) -> None:

@@ -19,11 +19,10 @@ import torch
 
 from harness.distributed import convert_sync_batchnorm, setup_runtime, teardown_runtime
 from methods.binary import quantizers
-from methods.bnas.search import BnasSearcher
 from methods.bnas.supernet import SuperNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared helpers
-from _helpers import pow2_xnor_alpha  # noqa: E402
+from _helpers import bnas_searcher, pow2_xnor_alpha  # noqa: E402
 
 quantizers._xnor_alpha = pow2_xnor_alpha  # exact scales (power of two): see the module docstring
 
@@ -46,7 +45,7 @@ def main(out: str, checkpointing: str = "0") -> None:
     net = SuperNet(init_channels=4, layers=5, activation_checkpointing=checkpointing == "1").double()
     if rt.distributed:
         net = convert_sync_batchnorm(net, rt.device)
-    s = BnasSearcher(net, epochs=2)
+    s = bnas_searcher(net, epochs=2)
     metrics = []
     for i in range(3):
         s.new_epoch(i // 2)

@@ -106,7 +106,7 @@ def test_bnas_d_flops_under_the_release_convention():
         timm.create_model("bnas_d", official_binary_res_weights=True), (3, 224, 224), "binary_weights"
     )
     assert release.ops == pytest.approx(1.48e8, rel=0.01)
-    assert release.bops == pytest.approx(2.93e9 + 2.06e8, rel=0.01)  # cell BOPs + residual convs (docs/bnas.md §6.2)
+    assert release.bops == pytest.approx(2.93e9 + 2.06e8, rel=0.01)  # cell BOPs + residual convs (docs/costs.md)
     head = profile_model(timm.create_model("bnas_d"), (3, 224, 224))  # HEAD: FP residual convs, papers' policy
     assert head.bops == pytest.approx(2.93e9, rel=0.01) and head.flops == pytest.approx(
         0.975e8 + 0.01e8 + 2.06e8, rel=0.01

@@ -16,8 +16,8 @@ import torch
 from _helpers import CrashAfter, PoisonWeights, strip_perf, tiny_config
 from torch import nn
 
+from harness.cifar10 import CifarLoader, load_cifar10
 from harness.config import TrainConfig
-from harness.data import CifarLoader, load_cifar10
 from harness.distributed import Runtime
 from harness.engine import (
     Hook,

@@ -96,7 +96,7 @@ def _cfg(track: bool = False, **search):
 
 def _raw_val(cache: Path) -> torch.Tensor:
     """The search's validation images (TINY subset), normalised and un-augmented, in order, one row per image."""
-    from harness.data import CifarLoader, load_cifar10
+    from harness.cifar10 import CifarLoader, load_cifar10
     from harness.searching import _split
 
     ds = load_cifar10(cache)
@@ -214,7 +214,7 @@ def test_official_val_resample_draws_a_fresh_batch_at_every_architecture_step(ci
 
 
 def test_resampled_batches_are_seeded_independent_and_sharded():
-    from harness.data import CifarLoader
+    from harness.cifar10 import CifarLoader
     from harness.searching import ResampledBatches
 
     g = torch.Generator().manual_seed(0)

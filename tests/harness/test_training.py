@@ -11,8 +11,9 @@ import yaml
 from _helpers import tiny_config
 
 from harness.config import TrainConfig, load_config
+from harness.data import per_process_batch
 from harness.errors import ConfigError
-from harness.training import batch_deviation, per_process_batch, precision, run_train
+from harness.training import batch_deviation, precision, run_train
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -111,7 +111,11 @@ def test_forward_backward_cifar_and_imagenet():
 
 import math  # noqa: E402
 
-from methods.bnas.search import BnasSearcher, derive_genotype, diversity_weight, mean_entropy  # noqa: E402
+from _helpers import bnas_searcher  # noqa: E402
+
+from harness.config import SearchConfig  # noqa: E402
+from harness.searching import searcher_hyperparameters  # noqa: E402
+from methods.bnas.search import derive_genotype, diversity_weight, mean_entropy  # noqa: E402
 from methods.bnas.search_cell import MixedOp  # noqa: E402
 from methods.bnas.supernet import SuperNet  # noqa: E402
 from methods.registry import create_searcher, list_searchers  # noqa: E402
@@ -186,7 +190,7 @@ def test_gamma_transfer_divides_the_zeroise_column_not_row_zero():
 
 def test_a_few_search_iterations_on_real_cifar(cifar_cache):
     """Real CIFAR-10 images of both search halves: the training loss falls, the alphas and weights move."""
-    from harness.data import CifarLoader, load_cifar10
+    from harness.cifar10 import CifarLoader, load_cifar10
 
     ds = load_cifar10(cifar_cache)
     tr = ds.search_train_idx[:32]
@@ -196,7 +200,7 @@ def test_a_few_search_iterations_on_real_cifar(cifar_cache):
     torch.manual_seed(0)
     net = SuperNet(init_channels=8, layers=5)
     assert "bnas" in list_searchers()
-    s = create_searcher("bnas", supernet=net, epochs=2)
+    s = create_searcher("bnas", supernet=net, **{**searcher_hyperparameters(SearchConfig()), "epochs": 2})
     s.new_epoch(0)
     a0 = [a.detach().clone() for a in net.arch_parameters()]
     w0 = net.classifier.weight.detach().clone()
@@ -232,7 +236,7 @@ def test_release_switches_fp_tail_and_binary_res_weights():
 
 def test_release_lr_offset_uses_the_next_epochs_cosine_value():
     net = SuperNet(init_channels=4, layers=3)
-    ours, release = BnasSearcher(net, epochs=50), BnasSearcher(net, epochs=50, official_lr_offset=True)
+    ours, release = bnas_searcher(net, epochs=50), bnas_searcher(net, epochs=50, official_lr_offset=True)
     ours.new_epoch(0)
     release.new_epoch(0)
     assert ours.w_opt.param_groups[0]["lr"] == pytest.approx(0.025)

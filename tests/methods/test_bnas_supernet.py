@@ -10,12 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import copy_from_reference, pow2_xnor_alpha
+from _helpers import bnas_searcher, copy_from_reference, pow2_xnor_alpha
 
 from methods.binary import BinaryConv2d, quantizers
 from methods.bnas import supernet_shared
 from methods.bnas.operations import CONV_OPS
-from methods.bnas.search import BnasSearcher
 from methods.bnas.supernet import SuperNet, release_fp_tail
 from methods.bnas.supernet_shared import SharedSearchCell, StateOps
 
@@ -112,7 +111,7 @@ def test_search_steps_of_both_implementations_agree():
     ]
     out = []
     for net in (ref, shared):
-        s = BnasSearcher(net, epochs=2)
+        s = bnas_searcher(net, epochs=2)
         s.new_epoch(0)
         out.append([s.step(batches[2 * i], batches[2 * i + 1]) for i in range(2)])
     for a, b in zip(out[0], out[1], strict=True):
@@ -145,7 +144,7 @@ def test_a_search_iteration_centres_and_clamps_the_latent_weights_once(impl):
         return (w - w.mean(dim=1, keepdim=True)).clamp(-1.0, 1.0)
 
     assert all(not torch.equal(prep(prep(w)), prep(w)) for w in w0)
-    s = BnasSearcher(net, epochs=1, lr=0.0, lr_min=0.0)
+    s = bnas_searcher(net, epochs=1, lr=0.0, lr_min=0.0)
     g = torch.Generator().manual_seed(5)
 
     def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,7 +307,7 @@ def _graph_run(cuda_graph: bool, amp: bool, checkpointing: bool, device: str) ->
     replay, an eager step with a smaller (an epoch's last) batch, a recapture at the second epoch and a replay."""
     torch.manual_seed(0)
     net = SuperNet(init_channels=4, layers=5, activation_checkpointing=checkpointing).to(device)
-    s = BnasSearcher(net, epochs=2, amp_dtype=torch.bfloat16 if amp else None, cuda_graph=cuda_graph)
+    s = bnas_searcher(net, epochs=2, amp_dtype=torch.bfloat16 if amp else None, cuda_graph=cuda_graph)
     g = torch.Generator().manual_seed(3)
     sizes = [8] * 10 + [8, 6] + [8] * 4
     out = []

@@ -129,7 +129,7 @@ def test_ineligible_convs_keep_the_float_path():
 def test_bnas_a_forward_on_real_cifar_is_bit_equal_with_and_without_int8(cifar_cache, monkeypatch):
     import timm
 
-    from harness.data import CifarLoader, load_cifar10
+    from harness.cifar10 import CifarLoader, load_cifar10
 
     ds = load_cifar10(cifar_cache)
     x, _ = next(iter(CifarLoader(ds.test_x[:16], ds.test_y[:16], 16, train=False)))

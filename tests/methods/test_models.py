@@ -131,7 +131,8 @@ BASELINES_CIFAR = [
     "name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("xnornet") else n for n in BASELINES_CIFAR]
 )
 def test_baseline_loss_goes_down_on_real_cifar(name, cifar_cache, tmp_path):
-    """A short real run (256 real CIFAR-10 images, 5 epochs of 4 steps, Adam 5e-4): the training loss drops."""
+    """A short real run (256 real CIFAR-10 images, 5 epochs of 4 steps, Adam 5e-4, the quick profile's widths
+    16-128): the training loss drops."""
     import csv
 
     from _helpers import tiny_config
@@ -139,7 +140,15 @@ def test_baseline_loss_goes_down_on_real_cifar(name, cifar_cache, tmp_path):
     from harness.training import run_train
 
     cfg = tiny_config(
-        model=name, epochs=5, train_subset=256, test_subset=100, opt="adam", lr=5e-4, weight_decay=0.0, sched="constant"
+        model=name,
+        epochs=5,
+        train_subset=256,
+        test_subset=100,
+        opt="adam",
+        lr=5e-4,
+        weight_decay=0.0,
+        sched="constant",
+        model_kwargs={"widths": [16, 32, 64, 128]},
     )
     m = run_train(cfg, cifar_cache, tmp_path / "run", progress=False)
     rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
@@ -225,7 +234,7 @@ def test_create_model_names_the_model_kwarg_and_what_it_takes():
     msg = str(e.value)
     assert msg.startswith("model 'bnas_a' does not take keyword 'skipp' (train.model_kwargs); it takes: ")
     assert msg.endswith("; did you mean skip?") and "\n" not in msg
-    assert "official_binary_res_weights, drop_rate, genotype" in msg
+    assert "drop_rate, genotype, global_pool" in msg and "official_binary_res_weights, official_fp_tail, skip" in msg
     with pytest.raises(
         BnasError, match=r"^model 'bnas_a' does not take keyword 'weight_binary' \(train.model_kwargs\)"
     ):

@@ -1,4 +1,5 @@
-"""Data handling on the real CIFAR-10 and Imagenette copies (never synthetic images)."""
+"""`harness/cifar10.py` on the real CIFAR-10 copy (never synthetic images): the prepared cache, its recorded search
+split, the loaders and the restricted unpickler."""
 
 from __future__ import annotations
 
@@ -16,29 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers import README_FINGERPRINTS
 from PIL import Image
 
-from harness.data import (
-    CIFAR10_CLASSES,
-    CifarLoader,
-    crop_flip,
-    folder_fingerprint,
-    imagenet_loaders,
-    load_cifar10,
-    prepare_cifar10,
-    prepare_imagenet,
-    stratified_split,
-    stratified_subset,
-)
+from harness.cifar10 import CIFAR10_CLASSES, CifarLoader, crop_flip, load_cifar10, prepare_cifar10
 from harness.errors import DataError
+from harness.splits import stratified_split, stratified_subset
 
 # From shared/data/README.md (sha256 of the sorted sha256sum lines, first 16 hex digits).
-README_FINGERPRINTS = {
-    "cifar10/train": "76eb1d1279d1d304",
-    "cifar10/test": "41953a0708927013",
-    "imagenette/train": "99b31302f3766761",
-    "imagenette/val": "db4c2542894ba32c",
-}
 
 
 def test_cifar_cache_matches_the_source(cifar_cache, data_root):
@@ -60,11 +46,6 @@ def test_cifar_cache_matches_the_source(cifar_cache, data_root):
             name = sorted(p.name.encode() for p in (data_root / "cifar10" / split / cls).iterdir())[i % per_class]
             ref = np.asarray(Image.open(data_root / "cifar10" / split / cls / name.decode()).convert("RGB"))
             assert np.array_equal(x[i].permute(1, 2, 0).numpy(), ref)
-
-
-def test_folder_fingerprint_matches_readme(data_root):
-    assert folder_fingerprint(data_root / "cifar10" / "test") == README_FINGERPRINTS["cifar10/test"]
-    assert folder_fingerprint(data_root / "imagenette" / "val") == README_FINGERPRINTS["imagenette/val"]
 
 
 def test_search_split_is_recorded_stratified_and_deterministic(cifar_cache):
@@ -190,37 +171,6 @@ def test_cifar_loader_epochs_shards_and_normalisation(cifar_cache):
     allx = torch.cat([b[0] for b in ev])
     assert allx.mean(dim=(0, 2, 3)).abs().max() < 1e-3
     assert (allx.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-3
-
-
-def test_imagenet_folder_layout_and_transforms(data_root, tmp_path):
-    root = data_root / "imagenette"
-    meta = prepare_imagenet(root, tmp_path / "imagenet")
-    assert meta["num_train"] == 1000 and meta["num_val"] == 500 and len(meta["classes"]) == 10
-    assert meta["source_fingerprint"] == {
-        "train": README_FINGERPRINTS["imagenette/train"],
-        "val": README_FINGERPRINTS["imagenette/val"],
-    }
-    from harness.config import DataConfig
-
-    train, val, _ = imagenet_loaders(tmp_path / "imagenet", DataConfig(num_workers=0), 8, seed=0)
-    train.set_epoch(0)
-    x, y = next(iter(train))
-    assert x.shape == (8, 3, 224, 224) and y.shape == (8,)
-    xv, yv = next(iter(val))
-    assert xv.shape == (8, 3, 224, 224) and yv.tolist() == [0] * 8  # val is ordered by class
-    # greyscale JPEGs come out as 3-channel RGB
-    grey = next(p for p in sorted((root / "train").rglob("*.JPEG")) if Image.open(p).mode != "RGB")
-    ds = train.loader.dataset
-    i = [Path(s[0]).resolve() for s in ds.samples].index(grey.resolve())
-    assert ds[i][0].shape == (3, 224, 224)
-
-
-def test_imagenet_bad_layout(tmp_path):
-    with pytest.raises(DataError, match="not found"):
-        prepare_imagenet(tmp_path / "nope", tmp_path / "o")
-    (tmp_path / "inet" / "train" / "n01440764").mkdir(parents=True)
-    with pytest.raises(DataError, match="missing 'val/'"):
-        prepare_imagenet(tmp_path / "inet", tmp_path / "o")
 
 
 def test_a_trailing_single_sample_batch_is_dropped_in_training(cifar_cache):

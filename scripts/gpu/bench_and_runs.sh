@@ -1,5 +1,5 @@
 #!/bin/bash
-# GPU device check for issue 6 (one call): bench, a real 2-epoch paper-config search and a real 2-epoch BNAS-A training
+# GPU device check (one call): bench, a real 2-epoch paper-config search and a real 2-epoch BNAS-A training
 # on a 12k/2k stratified subset of the real CIFAR-10 cache, then compiled variants. Every step has its own timeout.
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 D=gpudata/cifar10
