@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from harness.config import TrainConfig
 from harness.errors import BnasError
 
 PARAMS_HELP = "Params YAML file (one group per stage; see pipelines/params.yaml)."
@@ -517,7 +518,7 @@ def evaluate(run_dir: Path, data: Path, out: Path | None) -> None:
 )
 @click.option(
     "--policy",
-    default="bireal",
+    default=TrainConfig.cost_policy,
     show_default=True,
     help="Counting policy: bireal (the papers' OPs = FLOPs + BOPs/64), bireal_scales, all_conv_binary, "
     "binary_weights (binary-weight convs count as BOPs even on real inputs).",
