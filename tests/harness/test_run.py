@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -74,19 +75,11 @@ def test_the_mlflow_run_ends_with_the_runs_status(tmp_path, error, status):
     rec = _Recorder()
     run = _run(tmp_path, rec)
     run.start()
-    with pytest.raises(error) if error else _nothing():
+    with pytest.raises(error) if error else contextlib.nullcontext():
         with run:
             if error:
                 raise error("stop")
     assert rec.calls[-1] == ("end", status)
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def test_helpers():
