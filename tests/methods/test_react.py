@@ -49,3 +49,41 @@ def test_scaled_sign_weight_has_a_detached_filter_scale_and_the_clamp_ste():
     g = torch.tensor([[[[1.0, 1.0]]], [[[2.0, 3.0]]]])
     wb.backward(g)
     assert w.grad.tolist() == [[[[1.0, 0.0]]], [[[2.0, 3.0]]]]  # |W| > 1 masked; no term from the scale
+
+
+def test_react_resnet18_counts_as_the_recount_and_binarises_every_stage_conv():
+    import timm
+
+    import methods  # noqa: F401
+    from harness.costs import profile_model
+
+    p = profile_model(timm.create_model("react_resnet18"), (3, 224, 224), "bireal")
+    # hand recount (Bi-Real-18 with real 1x1 downsample): 1.676e9 BOPs + 1.378e8 FLOPs = 1.64e8 OPs
+    assert abs(p.bops - 1.676e9) / 1.676e9 < 0.01 and abs(p.flops - 1.378e8) / 1.378e8 < 0.01
+    assert abs(p.ops - 1.64e8) / 1.64e8 < 0.01
+    assert p.audit["binary_inputs_are_pm1"] and p.audit["binary_layers"] == 16
+    step1 = timm.create_model("react_resnet18_cifar", weight_binary=False)  # binary activations, real weights
+    assert all(c.weight_quantizer is None for c in step1.modules() if hasattr(c, "weight_quantizer"))
+
+
+def test_react_resnet18_learns_on_real_cifar(cifar_cache, tmp_path):
+    import csv
+
+    from _helpers import tiny_config
+
+    from harness.training import run_train
+
+    cfg = tiny_config(
+        model="react_resnet18_cifar",
+        epochs=5,
+        train_subset=256,
+        test_subset=100,
+        opt="adam",
+        lr=5e-4,
+        weight_decay=0.0,
+        sched="constant",
+        model_kwargs={"widths": [16, 32, 64, 128]},
+    )
+    run_train(cfg, cifar_cache, tmp_path / "run", progress=False)
+    losses = [float(r["train/loss"]) for r in csv.DictReader(open(tmp_path / "run" / "history.csv"))]
+    assert losses[-1] < losses[0], losses
