@@ -95,6 +95,16 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (minutes of first compile: for long GPU runs, not for tests)
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra model arguments, e.g. {scale_shape: factorised}
     init_from: str = ""  # initialise the model from this model.pt (weights only), e.g. stage 1 of a two-stage recipe
+    official_init_skips_binary: bool = False  # release (ReActNet-A step 2): init_from loads all but the binary convs'
+    # latent weights, which keep their fresh init (docs/recipes.md, "ReActNet")
+    init_decouple: bool = False  # init_from holds a coupled BinaryDuo network: decouple it (exactly), then load it
+    # into this run's decoupled one (model_kwargs.decoupled: true): BinaryDuo's stage 2
+    teacher: str = ""  # distil from this real-valued timm model (ReActNet's loss); "" = the label loss only
+    teacher_weights: str = ""  # the teacher's weights: the model.pt of a finished `bnas train` run, or "pretrained"
+    teacher_kwargs: dict[str, Any] = field(default_factory=dict)  # the teacher's model arguments (as its run had)
+    distill_weight: float = 1.0  # share of the distillation loss (1: distillation only, as ReActNet); the rest: labels
+    official_lr_offset: bool = False  # release (ReActNet): per-epoch schedule stepped before each epoch, so epoch e
+    # trains at the value of epoch e + 1 and the last epoch at lr 0 (with sched linear: docs/recipes.md)
     recipe: str = ""  # name of the recipe (params group `recipes`) applied to this run; set by --recipe
     recipe_batch_size: int = 0  # the recipe's global batch (set with `recipe`); a run with another batch says so
     binary_stats: bool = True  # log binary weights' flip ratio and latent saturation per epoch (binary models only)
@@ -311,6 +321,7 @@ RANGES: dict[str, dict[str, _Range]] = {
         "threads": _NON_NEGATIVE,
         "nproc_per_node": _POSITIVE,
         "recipe_batch_size": _NON_NEGATIVE,
+        "distill_weight": _Range(0, 1, lo_open=True, hi_open=False),
     },
     "SearchConfig": {
         "init_channels": _POSITIVE,

@@ -115,6 +115,7 @@ class BinaryResNet(nn.Module):
         conv: factory of the binary 3x3 convs.
         cifar_stem: 3x3 stride-1 stem without max-pool (32x32 inputs) instead of 7x7/2 + max-pool (224x224).
         img_size: input resolution, used for resolution-tied scales (XNOR-Net++ "factorised"/"full").
+        stem_act: the stem's activation, from its width (default: none for Bi-Real blocks, else Hardtanh).
     """
 
     def __init__(
@@ -129,6 +130,7 @@ class BinaryResNet(nn.Module):
         widths: tuple[int, ...] = (64, 128, 256, 512),
         global_pool: str = "avg",
         drop_rate: float = 0.0,
+        stem_act: Callable[[int], nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -146,7 +148,10 @@ class BinaryResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(w0)
         # never a ReLU in front of sign(): sign(ReLU(x)) = +1 everywhere. Basic blocks use Hardtanh (their block
         # activation); Bi-Real's release has no activation after the stem BN.
-        self.act1 = nn.Identity() if issubclass(block, BiRealBlock) else nn.Hardtanh(inplace=True)
+        if stem_act is not None:
+            self.act1: nn.Module = stem_act(w0)
+        else:
+            self.act1 = nn.Identity() if issubclass(block, BiRealBlock) else nn.Hardtanh(inplace=True)
         stages, cin = [], w0
         self.feature_info = []
         for i, (n, w) in enumerate(zip(layers, widths, strict=True)):
@@ -208,7 +213,7 @@ class BinaryResNet(nn.Module):
 
 
 # the BinaryResNet arguments a binary baseline takes (`block` and `conv` are set by its family)
-_RESNET_KWARGS = constructor_kwargs(BinaryResNet, exclude=("block", "conv"))
+_RESNET_KWARGS = constructor_kwargs(BinaryResNet, exclude=("block", "conv", "stem_act"))
 
 
 def check_resnet_kwargs(variant: str, kwargs: dict[str, Any], family: Iterable[str]) -> None:

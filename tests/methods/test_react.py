@@ -61,7 +61,7 @@ def test_react_resnet18_counts_as_the_recount_and_binarises_every_stage_conv():
     # hand recount (Bi-Real-18 with real 1x1 downsample): 1.676e9 BOPs + 1.378e8 FLOPs = 1.64e8 OPs
     assert abs(p.bops - 1.676e9) / 1.676e9 < 0.01 and abs(p.flops - 1.378e8) / 1.378e8 < 0.01
     assert abs(p.ops - 1.64e8) / 1.64e8 < 0.01
-    assert p.audit["binary_inputs_are_pm1"] and p.audit["binary_layers"] == 16
+    assert p.audit["binary_inputs_in_alphabet"] and p.audit["binary_layers"] == 16
     step1 = timm.create_model("react_resnet18_cifar", weight_binary=False)  # binary activations, real weights
     assert all(c.weight_quantizer is None for c in step1.modules() if hasattr(c, "weight_quantizer"))
 
