@@ -72,7 +72,9 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum (one-cycle cycles it between 0.85 and 0.95)
     weight_decay: float = 3e-6  # BNAS CIFAR: 3e-6; ImageNet: 3e-5
     filter_bias_and_bn: bool = False  # exempt biases and norm weights from weight decay (BNAS: no, decay everything)
-    sched: Literal["onecycle", "cosine", "cosine_restarts", "linear", "constant"] = "onecycle"  # per iteration
+    sched: Literal["onecycle", "cosine", "cosine_restarts", "linear", "multistep", "constant"] = "onecycle"  # per step
+    decay_milestones: list[int] = field(default_factory=list)  # multistep: the epochs at which lr is multiplied by
+    decay_rate: float = 0.1  # multistep: this factor (BinaryDuo, CBCN: 0.1)
     min_lr: float = 0.0  # cosine floor (restarts: eta_min = 0 in the BNAS ImageNet recipe)
     warmup_epochs: float = 0.0  # linear warm-up for the cosine schedules
     restart_epochs: int = 50  # cosine_restarts cycle length T_0 (BNAS ImageNet: 50 -> 5 cycles in 250 epochs)
@@ -246,6 +248,10 @@ def _check_value(value: Any, tp: Any, key: str, source: str) -> Any:
     elif tp is Any:
         if _is_plain(value):
             return value
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            et = typing.get_args(tp)[0]
+            return [_check_value(v, et, f"{key}[{i}]", source) for i, v in enumerate(value)]
     elif origin is dict:
         if isinstance(value, Mapping):
             vt = typing.get_args(tp)[1]
@@ -322,6 +328,7 @@ RANGES: dict[str, dict[str, _Range]] = {
         "nproc_per_node": _POSITIVE,
         "recipe_batch_size": _NON_NEGATIVE,
         "distill_weight": _Range(0, 1, lo_open=True, hi_open=False),
+        "decay_rate": _OPEN_FRACTION,
     },
     "SearchConfig": {
         "init_channels": _POSITIVE,

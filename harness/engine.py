@@ -171,7 +171,7 @@ class IterScheduler:
         if self.kind == "onecycle":
             if self.sched.last_epoch + 1 < self.sched.total_steps:
                 self.sched.step()
-        elif self.kind == "linear_epoch_offset":
+        elif self.kind == "torch":  # a torch scheduler stepped once per update
             self.sched.step()
         else:
             self.sched.step_update(num_updates=num_updates)
@@ -216,13 +216,14 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_
       exactly it.
     - `cosine`: timm cosine decay to `min_lr` with optional warm-up.
     - `cosine_restarts`: timm cosine with cycles of `restart_epochs` (BNAS ImageNet: T_0 = 50, eta_min = 0).
+    - `multistep`: lr x `decay_rate` at each epoch of `decay_milestones` (BinaryDuo's and CBCN's step decays).
     - `linear`: timm poly schedule with power 1, a linear decay to `min_lr` (Bi-Real from-scratch recipe). With
       `official_lr_offset` (the ReActNet release): constant per epoch, lr (1 - (e + 1)/E) in epoch e = 0..E-1, so
       the last epoch trains at lr 0 (the release steps its per-epoch LambdaLR at the start of every epoch).
     - `constant`: no schedule.
 
     Raises:
-        ConfigError: `official_lr_offset` with another schedule than `linear`.
+        ConfigError: `official_lr_offset` with another schedule than `linear`; `multistep` without milestones.
     """
     total = cfg.epochs * updates_per_epoch
     if cfg.official_lr_offset:
@@ -230,7 +231,13 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_
             raise ConfigError(f"train.official_lr_offset: applies to train.sched linear, not {cfg.sched!r}")
         epochs, per_epoch = cfg.epochs, max(1, updates_per_epoch)
         offset = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0 - (it // per_epoch + 1) / epochs)
-        return IterScheduler(offset, "linear_epoch_offset")
+        return IterScheduler(offset, "torch")
+    if cfg.sched == "multistep":  # torch's, over updates: the first update of each milestone epoch has the new lr
+        if not cfg.decay_milestones:
+            raise ConfigError("train.decay_milestones: sched multistep needs the epochs at which the lr decays")
+        steps = [m * updates_per_epoch for m in cfg.decay_milestones]
+        multistep = torch.optim.lr_scheduler.MultiStepLR(optimizer, steps, gamma=cfg.decay_rate)
+        return IterScheduler(multistep, "torch")
     if cfg.sched == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,

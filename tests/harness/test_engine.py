@@ -370,3 +370,18 @@ def test_distillation_is_the_cross_entropy_against_the_frozen_teachers_softmax()
     torch.testing.assert_close(plain(logits, y, x), nn.functional.cross_entropy(logits, y))
     loss(logits, y, x).backward()
     assert logits.grad is not None and all(p.grad is None for p in teacher.parameters())
+
+
+def test_multistep_decays_at_the_milestone_epochs():
+    cfg = TrainConfig(epochs=6, lr=0.1, sched="multistep", decay_milestones=[2, 4], decay_rate=0.1, opt="momentum")
+    p = nn.Parameter(torch.zeros(1))
+    opt = build_optimizer(cfg, nn.ParameterList([p]))
+    sched = build_scheduler(cfg, opt, 5)
+    seen = []
+    for update in range(30):  # 5 updates per epoch
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step(update + 1)
+    assert seen == pytest.approx([0.1] * 10 + [0.01] * 10 + [0.001] * 10)
+    with pytest.raises(ConfigError, match="train.decay_milestones"):
+        build_scheduler(TrainConfig(epochs=6, sched="multistep"), opt, 5)

@@ -110,7 +110,10 @@ def test_resnet18_cifar_trains_through_the_engine(cifar_cache, tmp_path):
     assert 0 < m["train/loss"] < 10 and 0 <= m["val/top1"] <= 100
 
 
-@pytest.mark.parametrize("name", [n for n in _our_models() if not n.endswith("_cifar")])
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n.startswith("cbcn") else n for n in _our_models() if "_cifar" not in n],
+)
 def test_imagenet_variants_at_224(name):
     m = timm.create_model(name)
     y = m(torch.randn(1, 3, 224, 224))
@@ -118,17 +121,24 @@ def test_imagenet_variants_at_224(name):
     y.sum().backward()
 
 
-BASELINES_CIFAR = [
-    "binarynet_resnet18_cifar",
-    "xnornet_resnet18_cifar",
-    "xnornetpp_resnet18_cifar",
-    "bireal_resnet18_cifar",
-]
+SMALL = {"widths": [16, 32, 64, 128]}  # the quick profile's widths
+BASELINES_CIFAR = {
+    "binarynet_resnet18_cifar": SMALL,
+    "xnornet_resnet18_cifar": SMALL,
+    "xnornetpp_resnet18_cifar": SMALL,
+    "bireal_resnet18_cifar": SMALL,
+    "abcnet_resnet18_cifar": {**SMALL, "weight_bases": 3, "activation_bases": 3},
+    "binaryduo_resnet18_cifar": {"widths": [16, 23, 45, 90], "last_width": 128},  # the coupled network
+    "cbcn_resnet18_cifar": {"widths": [32, 64, 128, 256]},
+    "react_resnet18_cifar": SMALL,
+    "reactnet_a_cifar": {"width_mult": 0.25},
+}
+SLOW = ("xnornet", "cbcn")
 
 
 # the two XNOR variants (~40 s each on 2 cores) run with `pytest -m slow`: the suite stays under ~10 minutes
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("xnornet") else n for n in BASELINES_CIFAR]
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith(SLOW) else n for n in BASELINES_CIFAR]
 )
 def test_baseline_loss_goes_down_on_real_cifar(name, cifar_cache, tmp_path):
     """A short real run (256 real CIFAR-10 images, 5 epochs of 4 steps, Adam 5e-4, the quick profile's widths
@@ -148,7 +158,7 @@ def test_baseline_loss_goes_down_on_real_cifar(name, cifar_cache, tmp_path):
         lr=5e-4,
         weight_decay=0.0,
         sched="constant",
-        model_kwargs={"widths": [16, 32, 64, 128]},
+        model_kwargs=BASELINES_CIFAR[name],
     )
     m = run_train(cfg, cifar_cache, tmp_path / "run", progress=False)
     rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
