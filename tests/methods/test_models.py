@@ -110,9 +110,12 @@ def test_resnet18_cifar_trains_through_the_engine(cifar_cache, tmp_path):
     assert 0 < m["train/loss"] < 10 and 0 <= m["val/top1"] <= 100
 
 
+IMAGENET_VARIANTS = [n for n in _our_models() if "_cifar" not in n]
+
+
+# CBCN at 224 (2.7e10 BOPs, ~10 s) runs with `pytest -m slow`
 @pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.slow) if n.startswith("cbcn") else n for n in _our_models() if "_cifar" not in n],
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("cbcn") else n for n in IMAGENET_VARIANTS]
 )
 def test_imagenet_variants_at_224(name):
     m = timm.create_model(name)
