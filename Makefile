@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 # ImageNet (opt-in): an ImageNet-layout root (train/<wnid>/, val/<wnid>/); default: the Imagenette copy in BNAS_DATA
 IMAGENET ?= $(if $(BNAS_DATA),$(BNAS_DATA)/imagenette,)
 IMAGENET_METHODS := [bnas_d, bnas_e, bnas_f, bnas_g, bnas_h, bireal_resnet18, bireal_resnet34, xnornetpp_resnet18, \
-  binarynet_resnet18]
+  binarynet_resnet18, abcnet_resnet18, abcnet_resnet34, cbcn_resnet18]
 .PHONY: install repro repro-small repro-paper repro-imagenet bench test test-views lint ui plots exp clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt

@@ -4,7 +4,7 @@ Liu, Ding, Xia, Zhang, Zhuang, Zhang, Ji, Doermann, "Circulant Binary Convolutio
 Performance of 1-bit DCNNs with Circulant Back Propagation", CVPR 2019, arXiv 1910.10853; details as the official
 release (liuchunlei0430/CBCN_Pytorch) has them.
 
-- Filters: a learned P (C_out, C_in, 4, k, k) per layer; the conv applies W (4 C_out, 4 C_in, k, k) with
+- Filters: a learned P (C_out, C_in, 4, k, k) per layer (stored as (C_out, 4 C_in, k, k), orientation-minor); the conv applies W (4 C_out, 4 C_in, k, k) with
   W[4o + j, 4i + ((r + j) mod 4)] = rot_j(P[o, i, r]), rot_j a clockwise rotation by 90 j degrees (the active rotating
   filter of ORN: channels are plane-major, orientation-minor). Only P is stored (4x a plain conv's weights).
 - Binarisation: Y = alpha Conv(sign(X), sign(W)), alpha = mean |W| over the layer, a scalar through which the gradient
@@ -14,6 +14,7 @@ release (liuchunlei0430/CBCN_Pytorch) has them.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -81,7 +82,8 @@ class LayerScaleApproxSign(Quantizer):
 
 class CirculantBinaryConv2d(BinaryConv2d):
     """A binary conv from C_in to C_out *planes* of 4 orientations each (4 C_in -> 4 C_out channels) whose stored
-    `weight` is the (C_out, C_in, 4, k, k) filter bank; :meth:`latent_weight` expands it (module docstring).
+    `weight` is the filter bank P, shape (C_out, 4 C_in, k, k) (P[o, i, r] at [o, 4 i + r]); :meth:`latent_weight`
+    expands it (module docstring).
 
     Args:
         in_planes, out_planes: planes (the conv has 4x as many channels).
@@ -112,9 +114,11 @@ class CirculantBinaryConv2d(BinaryConv2d):
             weight_quantizer=weight_quantizer,
         )
         k = kernel_size
-        self.weight = nn.Parameter(torch.empty(out_planes, in_planes, n, k, k))
-        # fan_out of the 5-D bank = C_out * 4 * k * k, the expanded kernel's: Kaiming's std for the conv it applies
-        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        # stored 4-D, (C_out, C_in x 4 orientations, k, k), so that channels_last and every 4-D weight tool apply
+        self.weight = nn.Parameter(torch.empty(out_planes, in_planes * n, k, k))
+        # Kaiming's fan_out std of the expanded conv it applies (fan_out = 4 C_out k k)
+        nn.init.normal_(self.weight, 0.0, math.sqrt(2.0 / (n * out_planes * k * k)))
 
     def latent_weight(self) -> torch.Tensor:
-        return circulant_expand(self.weight)
+        w = self.weight
+        return circulant_expand(w.reshape(w.shape[0], -1, ORIENTATIONS, w.shape[2], w.shape[3]))

@@ -38,9 +38,9 @@ def test_expansion_equals_a_hand_built_rotation_of_every_orientation():
 def test_conv_stores_the_filter_bank_and_applies_the_binarised_expansion():
     torch.manual_seed(0)
     conv = CirculantBinaryConv2d(2, 3, weight_quantizer=LayerScaleApproxSign())
-    assert conv.weight.shape == (3, 2, 4, 3, 3) and (conv.in_channels, conv.out_channels) == (8, 12)
+    assert conv.weight.shape == (3, 8, 3, 3) and (conv.in_channels, conv.out_channels) == (8, 12)
     x = torch.randn(1, 8, 5, 5)
-    w = circulant_expand(conv.weight.detach())
+    w = circulant_expand(conv.weight.detach().view(3, 2, 4, 3, 3))
     expected = torch.nn.functional.conv2d(
         torch.where(x >= 0, 1.0, -1.0), w.abs().mean() * torch.where(w >= 0, 1.0, -1.0), padding=1
     )
@@ -73,5 +73,7 @@ def test_costs_released_network_and_the_poster_figure():
     assert abs(4 * bireal.ops - 6.56e8) / 6.56e8 < 0.005  # the poster's 6.56e8 is 4 x Bi-Real-18
     reordered = profile_model(timm.create_model("cbcn_resnet18", shortcut_order="pool_conv_bn"), (3, 224, 224))
     assert abs(reordered.ops - 12.0e8) / 12.0e8 < 0.005
-    assert abs(code.params_binary - 4 * bireal.params_binary) == 0  # only the filter banks are stored
+    assert code.params_binary == 4 * bireal.params_binary  # only the filter banks are stored: 43.9M binary weights
+    assert abs(code.params_binary - 43.9e6) / 43.9e6 < 0.005
+    assert abs(code.params_real - 4.8e6) / 4.8e6 < 0.05  # the spec's "about 4.8M" real (shortcuts, stem, FC, BN)
     assert code.audit["binary_inputs_in_alphabet"] and code.audit["binary_layers"] == 16

@@ -254,3 +254,50 @@ def test_create_model_names_the_model_kwarg_and_what_it_takes():
         create_model("bnas_a", 10, weight_binary=False)
     with pytest.raises(BnasError, match=r"^model 'xnornetpp_resnet18_cifar' does not take keyword 'xnor_grad'"):
         create_model("xnornetpp_resnet18_cifar", 10, xnor_grad="exact")
+
+
+# the ImageNet variants of the issue-18 families, once each, tiny, on the real Imagenette copy (1000 train images,
+# 10 classes): 64 images at 64x64, one epoch, evaluated on 50 validation images
+IMAGENET_SMOKE = {
+    "abcnet_resnet18": {"widths": [8, 16, 32, 64]},
+    "binaryduo_resnet18": {"widths": [8, 12, 23, 45], "last_width": 64},
+    "cbcn_resnet18": {"widths": [16, 32, 64, 128]},
+    "react_resnet18": {"widths": [8, 16, 32, 64]},
+    "reactnet_a": {"width_mult": 0.125},
+}
+
+
+@pytest.fixture(scope="module")
+def imagenette(data_root, tmp_path_factory):
+    from harness.imagenet import prepare_imagenet
+
+    out = tmp_path_factory.mktemp("imagenette")
+    prepare_imagenet(data_root / "imagenette", out)
+    return out
+
+
+@pytest.mark.parametrize("name", list(IMAGENET_SMOKE))
+def test_imagenet_families_train_once_on_imagenette(name, imagenette, tmp_path):
+    from _helpers import tiny_config
+
+    from harness.config import config_from_dict, config_to_dict
+    from harness.training import run_train
+
+    cfg = config_to_dict(
+        tiny_config(
+            model=name,
+            num_classes=10,
+            epochs=1,
+            batch_size=16,
+            opt="adam",
+            lr=1e-3,
+            weight_decay=0.0,
+            sched="constant",
+            model_kwargs=IMAGENET_SMOKE[name],
+            train_subset=64,
+            test_subset=50,
+        )
+    )
+    cfg["data"].update(image_size=64, val_resize=73, num_workers=0)
+    m = run_train(config_from_dict(cfg), imagenette, tmp_path / "run", progress=False)
+    assert 0 < m["train/loss"] < 10 and 0 <= m["val/top1"] <= 100 and m["cost/bops"] > 0
