@@ -4,7 +4,8 @@ Liu, Ding, Xia, Zhang, Zhuang, Zhang, Ji, Doermann, "Circulant Binary Convolutio
 Performance of 1-bit DCNNs with Circulant Back Propagation", CVPR 2019, arXiv 1910.10853; details as the official
 release (liuchunlei0430/CBCN_Pytorch) has them.
 
-- Filters: a learned P (C_out, C_in, 4, k, k) per layer (stored as (C_out, 4 C_in, k, k), orientation-minor); the conv applies W (4 C_out, 4 C_in, k, k) with
+- Filters: a learned P (C_out, C_in, 4, k, k) per layer (stored as (C_out, 4 C_in, k, k), orientation-minor); the
+  conv applies W (4 C_out, 4 C_in, k, k) with
   W[4o + j, 4i + ((r + j) mod 4)] = rot_j(P[o, i, r]), rot_j a clockwise rotation by 90 j degrees (the active rotating
   filter of ORN: channels are plane-major, orientation-minor). Only P is stored (4x a plain conv's weights).
 - Binarisation: Y = alpha Conv(sign(X), sign(W)), alpha = mean |W| over the layer, a scalar through which the gradient
