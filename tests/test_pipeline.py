@@ -186,6 +186,9 @@ def _micro_copy(dst: Path, cifar_cache: Path, imagenette: Path) -> None:
         "imagenet_source": [str(imagenette)],  # the opt-in ImageNet path, on the real Imagenette subset
         "imagenet_methods": ["bnas_d"],
         "imagenet_seeds": [0],
+        "imagenet_distilled": [],
+        "imagenet_decoupled": [],
+        "imagenet_teacher": {"model": "resnet34", "weights": ""},
     }
     params["methods"]["toy_binary_cifar"] = {"recipe": "shared", "train": {"model": "toy_binary_cifar"}}
     (dst / "methods" / "baselines" / "toy.py").write_text(TOY_FAMILY)
