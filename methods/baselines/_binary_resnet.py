@@ -24,7 +24,7 @@ from torch import nn
 from methods.binary import BinaryConv2d, LearnedScale
 from methods.registry import check_model_kwargs, constructor_kwargs
 
-__all__ = ["BinaryResNet", "BinaryBasicBlock", "BiRealBlock", "ConvFactory", "check_resnet_kwargs"]
+__all__ = ["ClassifierSurface", "BinaryResNet", "BinaryBasicBlock", "BiRealBlock", "ConvFactory", "check_resnet_kwargs"]
 
 # (in_channels, out_channels, stride, out_size) -> a 3x3 conv
 ConvFactory = Callable[[int, int, int, tuple[int, int]], nn.Module]
@@ -106,7 +106,54 @@ class BiRealBlock(nn.Module):
         return self.bn(self.conv(x)) + self.downsample(x)
 
 
-class BinaryResNet(nn.Module):
+class ClassifierSurface(nn.Module):
+    """timm's classifier surface for a binary network whose subclass sets `fc`, `global_pool`, `num_features`,
+    `num_classes` and `drop_rate` and defines `forward_features`: the head, the classifier reset, and the list of
+    the layers that stay real (`bnas profile` audits it)."""
+
+    fc: nn.Module
+    global_pool: nn.Module
+    num_features: int
+    num_classes: int
+    drop_rate: float
+    grad_checkpointing: bool
+
+    def real_layers(self) -> list[str]:
+        """Names of the conv/linear layers that stay full precision."""
+        return [
+            n
+            for n, m in self.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))
+            and not (isinstance(m, BinaryConv2d) and m.binary_input and m.binary_weight)
+        ]
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        self.num_classes = num_classes
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class BinaryResNet(ClassifierSurface):
     """A ResNet whose stage convs are binary; stem, shortcuts and classifier stay real.
 
     Args:
@@ -174,42 +221,11 @@ class BinaryResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def real_layers(self) -> list[str]:
-        """Names of the conv/linear layers that stay full precision."""
-        return [
-            n
-            for n, m in self.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear))
-            and not (isinstance(m, BinaryConv2d) and m.binary_input and m.binary_weight)
-        ]
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        self.num_classes = num_classes
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = stage(x)
         return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # the BinaryResNet arguments a binary baseline takes (`block` and `conv` are set by its family)

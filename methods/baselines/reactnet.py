@@ -30,7 +30,14 @@ from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from methods.baselines._binary_resnet import BinaryResNet, BiRealBlock, ConvFactory, cfg, check_resnet_kwargs
+from methods.baselines._binary_resnet import (
+    BinaryResNet,
+    BiRealBlock,
+    ClassifierSurface,
+    ConvFactory,
+    cfg,
+    check_resnet_kwargs,
+)
 from methods.binary import BinaryConv2d
 from methods.binary.react import RPReLU, RSign, ScaledSignWeight
 from methods.registry import MethodInfo, check_model_kwargs, constructor_kwargs, describe_models
@@ -122,7 +129,7 @@ REACTNET_A_STAGES = (
 )  # fmt: skip
 
 
-class ReActNetA(nn.Module):
+class ReActNetA(ClassifierSurface):
     """ReActNet-A (module docstring), on timm's model surface.
 
     Args:
@@ -164,39 +171,8 @@ class ReActNetA(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def real_layers(self) -> list[str]:
-        """Names of the conv/linear layers that stay full precision."""
-        return [
-            n
-            for n, m in self.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear))
-            and not (isinstance(m, BinaryConv2d) and m.binary_input and m.binary_weight)
-        ]
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        self.num_classes = num_classes
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.bn1(self.conv_stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 _REACTNET_A_KWARGS = constructor_kwargs(ReActNetA) | {"weight_init"}
