@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, cast
 
@@ -89,15 +90,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def load_state(module: torch.nn.Module, state: Any, path: str | Path) -> None:
+def load_state(module: torch.nn.Module, state: Any, path: str | Path, keep_init: Collection[str] = frozenset()) -> None:
     """`module.load_state_dict(state)` (strict), raising one line that names `path`: how many keys are missing or
-    unexpected (with the first of each), or torch's first mismatch (e.g. a tensor's shape).
+    unexpected (with the first of each), or torch's first mismatch (e.g. a tensor's shape). The keys `keep_init`
+    are not loaded: they keep the module's values (and may be missing from `state`).
 
     Raises:
         CheckpointError: the tensors do not fit `module`.
     """
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+    keep = set(keep_init)
+    if keep:
+        state = {k: v for k, v in state.items() if k not in keep}
     try:
         res = module.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches: "Error(s) in loading state_dict for X:\n\tsize mismatch for ..."
@@ -105,7 +110,10 @@ def load_state(module: torch.nn.Module, state: Any, path: str | Path) -> None:
         raise CheckpointError(f"{path}: its tensors do not fit the model ({(lines[1:] or lines)[0]})") from None
     parts = [
         f"{len(keys)} {kind}, e.g. {keys[0]}"
-        for kind, keys in (("missing", res.missing_keys), ("unexpected", res.unexpected_keys))
+        for kind, keys in (
+            ("missing", [k for k in res.missing_keys if k not in keep]),
+            ("unexpected", res.unexpected_keys),
+        )
         if keys
     ]
     if parts:

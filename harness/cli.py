@@ -533,20 +533,44 @@ def evaluate(run_dir: Path, data: Path, out: Path | None) -> None:
     metavar="KEY=VALUE",
     help="A model argument (YAML value), e.g. -k official_binary_res_weights=true -k genotype=runs/s/genotype.json.",
 )
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("results/reference.yaml"),
+    show_default=True,
+    help="Papers' numbers: an ImageNet row of MODEL prints the paper's cost figure beside ours (skipped if absent).",
+)
 def profile(
-    model: str, dataset: str, policy: str, as_json: bool, per_layer: bool, model_kwargs: tuple[str, ...]
+    model: str,
+    dataset: str,
+    policy: str,
+    as_json: bool,
+    per_layer: bool,
+    model_kwargs: tuple[str, ...],
+    reference: Path,
 ) -> None:
     """Count params, memory, BOPs, FLOPs and OPs of MODEL from a real forward pass, and audit its binarisation."""
     from harness.config import parse_override
     from harness.costs import POLICIES, format_profile, profile_model
     from harness.models import create_model
+    from harness.tables import paper_costs, read_reference
 
     if policy not in POLICIES:
         raise BnasError(f"unknown cost policy '{policy}': expected one of {', '.join(POLICIES)}")
     kwargs = dict(parse_override(k) for k in model_kwargs)
     classes, size = (10, 32) if dataset == "cifar10" else (1000, 224)
     p = profile_model(create_model(model, classes, **kwargs), (3, size, size), policy, name=model)
-    click.echo(json.dumps(p.to_json(per_layer), indent=2) if as_json else format_profile(p, per_layer))
+    papers = paper_costs(read_reference(reference), model) if dataset == "imagenet" and reference.is_file() else []
+    if as_json:
+        click.echo(json.dumps({**p.to_json(per_layer), "paper": papers}, indent=2))
+        return
+    click.echo(format_profile(p, per_layer))
+    for row in papers:
+        ratio = p.ops / (row["flops"] * 1e8)
+        verdict = "the same" if abs(ratio - 1) < 0.02 else f"ours is {ratio:.2f}x the paper's"
+        who = f"{row['source']}, {row['method']} {row['backbone']}"
+        line = f"paper OPs ({who}): {row['flops']:.2f}e8; ours {p.ops / 1e8:.2f}e8 ({verdict})"
+        click.echo(line + (f": {row['cost_note']}" if row.get("cost_note") else ""))
 
 
 @cli.command()

@@ -72,7 +72,9 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum (one-cycle cycles it between 0.85 and 0.95)
     weight_decay: float = 3e-6  # BNAS CIFAR: 3e-6; ImageNet: 3e-5
     filter_bias_and_bn: bool = False  # exempt biases and norm weights from weight decay (BNAS: no, decay everything)
-    sched: Literal["onecycle", "cosine", "cosine_restarts", "linear", "constant"] = "onecycle"  # per iteration
+    sched: Literal["onecycle", "cosine", "cosine_restarts", "linear", "multistep", "constant"] = "onecycle"  # per step
+    decay_milestones: list[int] = field(default_factory=list)  # multistep: the epochs at which lr is multiplied by
+    decay_rate: float = 0.1  # multistep: this factor (BinaryDuo, CBCN: 0.1)
     min_lr: float = 0.0  # cosine floor (restarts: eta_min = 0 in the BNAS ImageNet recipe)
     warmup_epochs: float = 0.0  # linear warm-up for the cosine schedules
     restart_epochs: int = 50  # cosine_restarts cycle length T_0 (BNAS ImageNet: 50 -> 5 cycles in 250 epochs)
@@ -95,6 +97,16 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (minutes of first compile: for long GPU runs, not for tests)
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra model arguments, e.g. {scale_shape: factorised}
     init_from: str = ""  # initialise the model from this model.pt (weights only), e.g. stage 1 of a two-stage recipe
+    official_init_skips_binary: bool = False  # release (ReActNet-A step 2): init_from loads all but the binary convs'
+    # latent weights, which keep their fresh init (docs/recipes.md, "ReActNet")
+    init_decouple: bool = False  # init_from holds a coupled BinaryDuo network: decouple it (exactly), then load it
+    # into this run's decoupled one (model_kwargs.decoupled: true): BinaryDuo's stage 2
+    teacher: str = ""  # distil from this real-valued timm model (ReActNet's loss); "" = the label loss only
+    teacher_weights: str = ""  # the teacher's weights: the model.pt of a finished `bnas train` run, or "pretrained"
+    teacher_kwargs: dict[str, Any] = field(default_factory=dict)  # the teacher's model arguments (as its run had)
+    distill_weight: float = 1.0  # share of the distillation loss (1: distillation only, as ReActNet); the rest: labels
+    official_lr_offset: bool = False  # release (ReActNet): per-epoch schedule stepped before each epoch, so epoch e
+    # trains at the value of epoch e + 1 and the last epoch at lr 0 (with sched linear: docs/recipes.md)
     recipe: str = ""  # name of the recipe (params group `recipes`) applied to this run; set by --recipe
     recipe_batch_size: int = 0  # the recipe's global batch (set with `recipe`); a run with another batch says so
     binary_stats: bool = True  # log binary weights' flip ratio and latent saturation per epoch (binary models only)
@@ -236,6 +248,10 @@ def _check_value(value: Any, tp: Any, key: str, source: str) -> Any:
     elif tp is Any:
         if _is_plain(value):
             return value
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            et = typing.get_args(tp)[0]
+            return [_check_value(v, et, f"{key}[{i}]", source) for i, v in enumerate(value)]
     elif origin is dict:
         if isinstance(value, Mapping):
             vt = typing.get_args(tp)[1]
@@ -311,6 +327,8 @@ RANGES: dict[str, dict[str, _Range]] = {
         "threads": _NON_NEGATIVE,
         "nproc_per_node": _POSITIVE,
         "recipe_batch_size": _NON_NEGATIVE,
+        "distill_weight": _Range(0, 1, lo_open=True, hi_open=False),
+        "decay_rate": _OPEN_FRACTION,
     },
     "SearchConfig": {
         "init_channels": _POSITIVE,

@@ -14,6 +14,11 @@ Policies (named, printed and stored with every run):
 - "all_conv_binary": every Conv2d counts as BOPs, only Linear as FLOPs (the convention of the bnn package README, which
   counts even the real stem as binary) — for comparison with such figures only.
 Memory = 1 bit per binary weight + 32 bits per real parameter (Bi-Real convention).
+
+A quantizer may declare `planes` (methods.binary.quantizers.Quantizer): a binary conv's MACs count that many times
+per input and weight plane (ABC-Net's M x N bases; BinaryDuo's ternary activation = 2 binary ones) and a weight
+quantizer's planes multiply the layer's stored bits. The audit checks every binary conv's quantised input against its
+quantizer's declared `alphabet` ({-1, +1} unless declared otherwise: BinaryDuo's {0, 1}).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 from torch import nn
 
 from methods.binary import BinaryConv2d
+from methods.binary.quantizers import Quantizer
 
 __all__ = ["POLICIES", "DEFAULT_POLICY", "LayerCost", "Profile", "profile_model", "format_profile"]
 
@@ -55,7 +61,8 @@ class LayerCost:
     params_real: int
     params_binary: int
     pad_value: float | None = None
-    input_values_ok: bool | None = None  # binary input really in {-1, +1}
+    input_values_ok: bool | None = None  # binary input really in its quantizer's alphabet
+    alphabet: tuple[float, ...] | None = None  # the values the input quantizer declares (binary convs)
     input_zeros: int = 0
 
 
@@ -107,6 +114,21 @@ def _is_binary(m: nn.Module) -> bool:
     return isinstance(m, BinaryConv2d) and m.binary_input and m.binary_weight
 
 
+def _declared(q: nn.Module | None) -> Quantizer | None:
+    return q if isinstance(q, Quantizer) else None
+
+
+def _planes(q: nn.Module | None) -> int:
+    """The binary planes a quantizer declares (1 for a module that declares nothing)."""
+    d = _declared(q)
+    return 1 if d is None else d.planes
+
+
+def _alphabet(q: nn.Module | None) -> tuple[float, ...]:
+    d = _declared(q)
+    return (-1.0, 1.0) if d is None else d.alphabet
+
+
 @torch.no_grad()
 def profile_model(
     model: nn.Module, input_size: tuple[int, int, int], policy: str = DEFAULT_POLICY, name: str = ""
@@ -138,6 +160,9 @@ def profile_model(
                 macs = lin.in_features * lin.out_features * (x.numel() // x.shape[-1])
                 kind = "linear"
             binary = _is_binary(m)
+            if binary:
+                conv = cast(BinaryConv2d, m)
+                macs *= _planes(conv.input_quantizer) * _planes(conv.weight_quantizer)
             if policy == "all_conv_binary":
                 bops, flops = (macs, 0) if kind == "conv" else (0, macs)
             elif policy == "binary_weights":
@@ -147,8 +172,9 @@ def profile_model(
                 bops, flops = (macs, 0) if binary else (0, macs)
                 if policy == "bireal_scales" and binary and getattr(m, "scale", None) is not None:
                     flops += out.numel()
-            p_bin = m.weight.numel() if isinstance(m, BinaryConv2d) and m.binary_weight else 0
+            p_lat = m.weight.numel() if isinstance(m, BinaryConv2d) and m.binary_weight else 0
             p_all = sum(p.numel() for p in m.parameters(recurse=False))
+            p_bin = p_lat * _planes(m.weight_quantizer) if isinstance(m, BinaryConv2d) else 0
             layers.append(
                 LayerCost(
                     mod_name,
@@ -159,9 +185,10 @@ def profile_model(
                     macs,
                     bops,
                     flops,
-                    p_all - p_bin,
+                    p_all - p_lat,
                     p_bin,
-                    getattr(m, "pad_value", None) if isinstance(m, BinaryConv2d) else None,
+                    m.pad_value if isinstance(m, BinaryConv2d) else None,
+                    alphabet=_alphabet(m.input_quantizer) if binary and isinstance(m, BinaryConv2d) else None,
                 )
             )
 
@@ -169,7 +196,8 @@ def profile_model(
 
     def quant_hook(mod_name: str):
         def hook(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            ok = bool(((out == 1) | (out == -1)).all())
+            allowed = torch.tensor(_alphabet(m), dtype=out.dtype)
+            ok = bool(torch.isin(out, allowed).all())
             checks[mod_name] = (ok, int((out == 0).sum()))
 
         return hook
@@ -189,13 +217,15 @@ def profile_model(
         if lc.name in checks:
             lc.input_values_ok, lc.input_zeros = checks[lc.name]
     p_total = sum(p.numel() for p in model.parameters())
-    p_bin = sum(lc.params_binary for lc in _unique(layers))
+    p_bin = sum(lc.params_binary for lc in _unique(layers))  # binary weight values (latent x planes)
+    p_latent = sum(m.weight.numel() for m in model.modules() if isinstance(m, BinaryConv2d) and m.binary_weight)
     bad = [lc.name for lc in layers if lc.binary and lc.input_values_ok is False]
     border_zeros = [lc.name for lc in layers if lc.binary and lc.pad_value == 0.0 and _pads(model, lc.name)]
     audit = {
         "real_layers": [f"{lc.name} ({lc.kind})" for lc in _unique(layers) if not lc.binary],
         "binary_layers": sum(1 for lc in _unique(layers) if lc.binary),
-        "binary_inputs_are_pm1": not bad,
+        "binary_inputs_in_alphabet": not bad,
+        "alphabets": sorted({_fmt_alphabet(lc.alphabet) for lc in _unique(layers) if lc.alphabet is not None}),
         "non_binary_inputs": bad,
         "zero_padded_binary_convs": len(border_zeros),
     }
@@ -206,7 +236,7 @@ def profile_model(
         layers,
         p_total,
         p_bin,
-        p_total - p_bin,
+        p_total - p_latent,
         sum(lc.bops for lc in layers),
         sum(lc.flops for lc in layers),
         audit,
@@ -224,6 +254,10 @@ def _unique(layers: list[LayerCost]) -> list[LayerCost]:
 def _pads(model: nn.Module, name: str) -> bool:
     m = model.get_submodule(name)
     return isinstance(m, nn.Conv2d) and any(p > 0 for p in (m.padding if isinstance(m.padding, tuple) else (1,)))
+
+
+def _fmt_alphabet(a: tuple[float, ...]) -> str:
+    return "{" + ", ".join(f"{v:+g}" if v else "0" for v in a) + "}"
 
 
 def _fmt(n: float) -> str:
@@ -254,8 +288,9 @@ def format_profile(p: Profile, per_layer: bool = True) -> str:
         f"params: {p.params_total:,} total = {p.params_binary:,} binary + {p.params_real:,} real; "
         f"memory {p.memory_bits / 1e6:.2f} Mbit ({p.memory_bits / 8 / 2**20:.2f} MiB)",
         f"BOPs {_fmt(p.bops)}  FLOPs {_fmt(p.flops)}  OPs = FLOPs + BOPs/64 = {_fmt(p.ops)}",
-        f"audit: {p.audit['binary_layers']} binary conv/linear layers; binary inputs in {{-1,+1}}: "
-        f"{'yes' if p.audit['binary_inputs_are_pm1'] else 'NO: ' + ', '.join(p.audit['non_binary_inputs'])}; "
+        f"audit: {p.audit['binary_layers']} binary conv/linear layers; binary inputs in their alphabet "
+        f"({' '.join(p.audit['alphabets']) or 'none'}): "
+        f"{'yes' if p.audit['binary_inputs_in_alphabet'] else 'NO: ' + ', '.join(p.audit['non_binary_inputs'])}; "
         f"{p.audit['zero_padded_binary_convs']} binary convs pad their input with 0",
         "real (not binary) layers: " + ", ".join(p.audit["real_layers"]),
     ]

@@ -171,6 +171,8 @@ class IterScheduler:
         if self.kind == "onecycle":
             if self.sched.last_epoch + 1 < self.sched.total_steps:
                 self.sched.step()
+        elif self.kind == "torch":  # a torch scheduler stepped once per update
+            self.sched.step()
         else:
             self.sched.step_update(num_updates=num_updates)
 
@@ -214,10 +216,28 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_
       exactly it.
     - `cosine`: timm cosine decay to `min_lr` with optional warm-up.
     - `cosine_restarts`: timm cosine with cycles of `restart_epochs` (BNAS ImageNet: T_0 = 50, eta_min = 0).
-    - `linear`: timm poly schedule with power 1, a linear decay to `min_lr` (Bi-Real from-scratch recipe).
+    - `multistep`: lr x `decay_rate` at each epoch of `decay_milestones` (BinaryDuo's and CBCN's step decays).
+    - `linear`: timm poly schedule with power 1, a linear decay to `min_lr` (Bi-Real from-scratch recipe). With
+      `official_lr_offset` (the ReActNet release): constant per epoch, lr (1 - (e + 1)/E) in epoch e = 0..E-1, so
+      the last epoch trains at lr 0 (the release steps its per-epoch LambdaLR at the start of every epoch).
     - `constant`: no schedule.
+
+    Raises:
+        ConfigError: `official_lr_offset` with another schedule than `linear`; `multistep` without milestones.
     """
     total = cfg.epochs * updates_per_epoch
+    if cfg.official_lr_offset:
+        if cfg.sched != "linear":
+            raise ConfigError(f"train.official_lr_offset: applies to train.sched linear, not {cfg.sched!r}")
+        epochs, per_epoch = cfg.epochs, max(1, updates_per_epoch)
+        offset = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0 - (it // per_epoch + 1) / epochs)
+        return IterScheduler(offset, "torch")
+    if cfg.sched == "multistep":  # torch's, over updates: the first update of each milestone epoch has the new lr
+        if not cfg.decay_milestones:
+            raise ConfigError("train.decay_milestones: sched multistep needs the epochs at which the lr decays")
+        steps = [m * updates_per_epoch for m in cfg.decay_milestones]
+        multistep = torch.optim.lr_scheduler.MultiStepLR(optimizer, steps, gamma=cfg.decay_rate)
+        return IterScheduler(multistep, "torch")
     if cfg.sched == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
@@ -272,11 +292,44 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_
     return IterScheduler(sched, cfg.sched)
 
 
-def build_loss(cfg: TrainConfig) -> nn.Module:
-    """Training loss: timm's LabelSmoothingCrossEntropy when smoothing > 0, else cross-entropy."""
+class TrainLoss(nn.Module):
+    """The training objective of a batch (logits, labels, inputs): the label loss, or distillation from a frozen
+    real-valued teacher, ReActNet's distributional loss L = -sum_c p_teacher(c|x) log p_student(c|x) (Liu et al.,
+    ECCV 2020, Sec. 3.3: the KL divergence up to the teacher's entropy), mixed as w L + (1 - w) label loss for a
+    `distill_weight` w < 1 (ReActNet: w = 1, no label term)."""
+
+    def __init__(self, label_loss: nn.Module, teacher: nn.Module | None = None, distill_weight: float = 1.0) -> None:
+        super().__init__()
+        self.label_loss = label_loss
+        self.teacher = teacher
+        self.distill_weight = distill_weight
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> TrainLoss:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # always: a teacher's BN keeps its statistics
+        return self
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.teacher is None:
+            return self.label_loss(logits, y)
+        with torch.no_grad():
+            target = self.teacher(x).float().softmax(dim=1)
+        distill = -(target * logits.float().log_softmax(dim=1)).sum(dim=1).mean()
+        if self.distill_weight >= 1.0:
+            return distill
+        return self.distill_weight * distill + (1.0 - self.distill_weight) * self.label_loss(logits, y)
+
+
+def build_loss(cfg: TrainConfig, teacher: nn.Module | None = None) -> TrainLoss:
+    """Training loss: timm's LabelSmoothingCrossEntropy when smoothing > 0, else cross-entropy; distillation from
+    `teacher` (set by `train.teacher`) with the share `train.distill_weight`."""
+    label: nn.Module = nn.CrossEntropyLoss()
     if cfg.label_smoothing > 0:
-        return LabelSmoothingCrossEntropy(smoothing=cfg.label_smoothing)
-    return nn.CrossEntropyLoss()
+        label = LabelSmoothingCrossEntropy(smoothing=cfg.label_smoothing)
+    return TrainLoss(label, teacher, cfg.distill_weight)
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -356,7 +409,7 @@ def train_one_epoch(
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     scheduler: IterScheduler,
-    loss_fn: nn.Module,
+    loss_fn: TrainLoss,
     cfg: TrainConfig,
     rt: Runtime,
     *,
@@ -394,7 +447,7 @@ def train_one_epoch(
         schedule_xnor_prep(xnor)  # centre + clamp the XNOR latent weights once, at this iteration's forward
         with autocast(cfg, dev):
             logits = model(x)
-            loss = loss_fn(logits, y)
+            loss = loss_fn(logits, y, x)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

@@ -251,6 +251,12 @@ def read_reference(reference: str | Path) -> dict[str, Any]:
     return ref
 
 
+def paper_costs(ref: dict[str, Any], model: str) -> list[dict[str, Any]]:
+    """The ImageNet reference rows that `model` runs and that give a cost figure (the poster's FLOPs group, 1e8)."""
+    rows = ref.get("imagenet", []) + ref.get("imagenet_more", [])
+    return [r for r in rows if r.get("model") == model and r.get("flops") is not None]
+
+
 def build_tables(
     runs_root: str | Path, reference: str | Path, profile: str = "paper", tolerance: float = 0.5
 ) -> list[Table]:
@@ -350,9 +356,19 @@ def build_report(
                 imnet.get(row["model"]),
             )
         )
+    for row in ref.get("imagenet_more", []):  # rows outside the poster, from each method's own paper
+        ri = imnet.get(row["model"])
+        used.add(row["model"])
+        label = f"{row['method']} ({row['backbone']}; {row['source']})"
+        entries_i.append(({**row, "key": row["model"], "label": label}, ri))
     for name, ri in imnet.items():
         if name not in used:
             entries_i.append(({"key": name}, ri))
+    cost_notes = [
+        f"{r['method']} ({r['backbone']}), cost: {r['cost_note']}."
+        for r in ref.get("imagenet", []) + ref.get("imagenet_more", [])
+        if r.get("cost_note")
+    ]
     rows, raw = _comparison_rows(entries_i, "bnas_d", tolerance)
     tables.append(
         Table(
@@ -364,6 +380,7 @@ def build_report(
                 "BNAS rows' 1.48e8 needs the first release's binary res convs and policy binary_weights (README).",
                 "p-values compare each row's seeds with BNAS-D's (Welch's t-test), Holm-corrected over the table.",
                 CHECKPOINT_NOTE,
+                *cost_notes,
             ],
             COLUMNS,
             rows,

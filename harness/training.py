@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from timm.utils import distribute_bn
 from torch import nn
@@ -26,6 +27,7 @@ from harness.engine import (
     BinaryStats,
     DropPathSchedule,
     Hook,
+    TrainLoss,
     WeightConstraints,
     autocast_dtype,
     build_loss,
@@ -40,6 +42,8 @@ from harness.errors import CheckpointError, ConfigError
 from harness.io import atomic_path, atomic_write_json
 from harness.models import count_params, create_model
 from harness.run import PERF_PREFIX, RunLifecycle, make_tracker, numeric, peak_memory_mb, run_tags
+from methods.binary import BinaryConv2d
+from methods.binary.duo import decouple
 
 __all__ = [
     "fit",
@@ -167,7 +171,7 @@ def _epoch(
     model: nn.Module,
     loaders: tuple[Any, Any],
     opt: _Optimisation,
-    loss_fn: nn.Module,
+    loss_fn: TrainLoss,
     tc: Any,
     rt: Runtime,
     hooks: Sequence[Hook],
@@ -234,9 +238,11 @@ def fit(
     tags: dict[str, Any] | None = None,
     progress: bool = False,
     extra_metrics: dict[str, Any] | None = None,
+    teacher: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train `model` for `cfg.train.epochs`, checkpointing every epoch; resume from `out/checkpoint.pt` if asked
     (a checkpoint of another config or code is kept as `checkpoint.stale.pt`: see :class:`harness.run.RunLifecycle`).
+    With a `teacher` (frozen, real-valued), the loss distils from it (:class:`harness.engine.TrainLoss`).
 
     Returns:
         The final metrics (also written to `out/metrics.json`).
@@ -245,7 +251,7 @@ def fit(
     model = _place(model, tc, rt)
     hooks = _run_hooks(model, tc, hooks)
     opt = _Optimisation.build(tc, model, len(train_loader), rt)
-    loss_fn = build_loss(tc)
+    loss_fn = build_loss(tc, None if teacher is None else _place(teacher, tc, rt))
     run = RunLifecycle(cfg, out, rt, experiment=experiment, run_name=run_name, tags=tags or {}, tracker=tracker)
     start_epoch, global_step = 0, 0
     state = run.resumable_state(resume, map_location=rt.device)
@@ -277,9 +283,17 @@ def fit(
         return metrics
 
 
-def load_weights(model: nn.Module, path: str | Path, *, what: str = "the model.pt of a finished run") -> None:
+def load_weights(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    what: str = "the model.pt of a finished run",
+    skip_binary: bool = False,
+) -> None:
     """Load a `model.pt` (weights only) into `model`, e.g. stage 1 of a two-stage recipe into stage 2; `what` names
-    the file in errors (e.g. `train.init_from`).
+    the file in errors (e.g. `train.init_from`). `skip_binary` keeps the latent weights of the binary-weight convs at
+    their init (`train.official_init_skips_binary`: the ReActNet-A release's step 2, whose binary convs store their
+    weights under another name, so its non-strict load silently skips them).
 
     Raises:
         CheckpointError: the file is missing, corrupt, or its tensors do not fit the model.
@@ -287,7 +301,63 @@ def load_weights(model: nn.Module, path: str | Path, *, what: str = "the model.p
     state = load_tensors(path, what=what)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # a full checkpoint.pt
-    load_state(model, state, path)
+    keep = binary_weight_keys(model) if skip_binary else frozenset()
+    load_state(model, state, path, keep_init=keep)
+
+
+def load_init(model: nn.Module, tc: Any) -> None:
+    """Initialise `model` from `train.init_from` (the previous stage of a multi-stage recipe): as it is, without the
+    binary convs' latent weights (`official_init_skips_binary`), or decoupled first (`init_decouple`: the file holds
+    the coupled BinaryDuo network, rebuilt with `decoupled: false`, loaded, decoupled, then copied into `model`).
+
+    Raises:
+        CheckpointError: the file is missing, corrupt, or does not fit (the coupled twin, with `init_decouple`).
+        ConfigError: `init_decouple` on a model that has no coupled form.
+    """
+    what = "train.init_from: the model.pt of a finished run"
+    if not tc.init_decouple:
+        load_weights(model, tc.init_from, what=what, skip_binary=tc.official_init_skips_binary)
+        return
+    if not tc.model_kwargs.get("decoupled"):
+        raise ConfigError("train.init_decouple: needs train.model_kwargs.decoupled: true (a decoupled BinaryDuo model)")
+    coupled = create_model(tc.model, tc.num_classes, **{**tc.model_kwargs, "decoupled": False})
+    load_weights(coupled, tc.init_from, what=what + " (the coupled network)")
+    decouple(coupled)
+    load_state(model, coupled.state_dict(), tc.init_from)
+
+
+def binary_weight_keys(model: nn.Module) -> frozenset[str]:
+    """The state-dict keys of the latent weights of every conv with binary weights."""
+    return frozenset(f"{n}.weight" for n, m in model.named_modules() if isinstance(m, BinaryConv2d) and m.binary_weight)
+
+
+def build_teacher(tc: Any) -> nn.Module | None:
+    """The frozen real-valued teacher of `train.teacher` with `train.teacher_weights` (None without a teacher).
+
+    Raises:
+        ConfigError: a teacher without weights, or "pretrained" weights timm cannot load (offline: not cached).
+        CheckpointError: the teacher's model.pt is missing, corrupt or of another model.
+    """
+    if not tc.teacher:
+        return None
+    if not tc.teacher_weights:
+        raise ConfigError(
+            f"train.teacher {tc.teacher!r}: needs train.teacher_weights (the model.pt of a finished `bnas train` run "
+            f"of that model, or 'pretrained' for timm's weights)"
+        )
+    if tc.teacher_weights == "pretrained":
+        try:
+            return timm.create_model(tc.teacher, pretrained=True, num_classes=tc.num_classes, **tc.teacher_kwargs)
+        except Exception as e:  # noqa: BLE001  (timm/hub errors vary: offline, unknown tag, no weights)
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"train.teacher_weights: pretrained {tc.teacher} could not be loaded ({first})") from None
+    teacher = create_model(tc.teacher, tc.num_classes, **tc.teacher_kwargs)
+    try:
+        load_weights(teacher, tc.teacher_weights, what="train.teacher_weights: the model.pt of the teacher's run")
+    except CheckpointError as e:
+        msg = str(e)
+        raise CheckpointError(msg if msg.startswith("train.") else f"train.teacher_weights: {msg}") from None
+    return teacher
 
 
 def model_costs(model: nn.Module, meta: dict[str, Any], cfg: Config) -> dict[str, float]:
@@ -333,7 +403,8 @@ def run_train(
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         model = create_model(tc.model, tc.num_classes, **tc.model_kwargs)
         if tc.init_from:
-            load_weights(model, tc.init_from, what="train.init_from: the model.pt of a finished run")
+            load_init(model, tc)
+        teacher = build_teacher(tc)
         torch.manual_seed(tc.seed + 1_000_003 * rt.rank)  # rank-specific dropout / drop-path streams
         costs = model_costs(model, meta, cfg)
         dataset = meta.get("dataset", "unknown")
@@ -370,6 +441,7 @@ def run_train(
             tags=tags,
             extra_metrics={**costs, "precision": arith, "global_batch": tc.batch_size},
             progress=progress,
+            teacher=teacher,
         )
         log.info("finished in %.1f s: val/top1 %.2f", time.perf_counter() - t0, metrics.get("val/top1", float("nan")))
         return metrics

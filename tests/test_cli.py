@@ -416,6 +416,19 @@ def test_profile_passes_model_kwargs(tmp_path):
     assert "nope.json" in err and "genotype" in err
 
 
+def test_profile_prints_the_papers_cost_beside_ours(monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the default --reference: results/reference.yaml
+    res = CliRunner().invoke(cli, ["profile", "abcnet_resnet18", "--dataset", "imagenet", "--totals"])
+    assert res.exit_code == 0, res.output
+    (line,) = [ln for ln in res.output.splitlines() if ln.startswith("paper OPs")]
+    # the poster's 1.48e8 group against our 1.64e8 (a binary ResNet-18 under the default policy), with the note
+    assert "(poster, ABC-Net ResNet18): 1.48e8; ours 1.64e8 (ours is 1.11x the paper's)" in line and "0.16e8" in line
+    js = json.loads(CliRunner().invoke(cli, ["profile", "abcnet_resnet18", "--dataset", "imagenet", "--json"]).output)
+    assert [r["flops"] for r in js["paper"]] == [1.48]
+    cifar = CliRunner().invoke(cli, ["profile", "abcnet_resnet18_cifar", "--totals"]).output
+    assert "paper OPs" not in cifar  # no CIFAR-10 figure to compare with
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # unknown model keywords and crafted CIFAR-10 batch files: one line, non-zero exit, nothing written
 

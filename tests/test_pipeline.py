@@ -179,10 +179,16 @@ def _micro_copy(dst: Path, cifar_cache: Path, imagenette: Path) -> None:
         "cifar_recipe": "shared",
         "seeds": [0],
         "cifar_methods": ["bireal_resnet18_cifar", "toy_binary_cifar"],
+        "cifar_teacher": "resnet18_teacher",  # the multi-stage chains, one method each: teacher -> step 1 -> step 2
+        "cifar_distilled": ["react_resnet18_cifar"],
+        "cifar_decoupled": ["binaryduo_resnet18_cifar"],  # coupled -> decoupled
         "searches": [{"search": "search", "seed": 2, "retrain": "bnas_searched", "train_seed": 0}],
         "imagenet_source": [str(imagenette)],  # the opt-in ImageNet path, on the real Imagenette subset
         "imagenet_methods": ["bnas_d"],
         "imagenet_seeds": [0],
+        "imagenet_distilled": [],
+        "imagenet_decoupled": [],
+        "imagenet_teacher": {"model": "resnet34", "weights": ""},
     }
     params["methods"]["toy_binary_cifar"] = {"recipe": "shared", "train": {"model": "toy_binary_cifar"}}
     (dst / "methods" / "baselines" / "toy.py").write_text(TOY_FAMILY)
@@ -190,6 +196,9 @@ def _micro_copy(dst: Path, cifar_cache: Path, imagenette: Path) -> None:
     (dst / "results").mkdir(exist_ok=True)
     shutil.copy2(REPO / "results" / "reference.yaml", dst / "results" / "reference.yaml")
     shutil.copytree(cifar_cache, dst / "data" / "cifar10", ignore=shutil.ignore_patterns("raw"))
+
+
+MULTI_STAGE_ROWS = {"react_resnet18_cifar", "binaryduo_resnet18_cifar"}
 
 
 def test_micro_profile_dvc_repro_end_to_end(cifar_cache, data_root, tmp_path):
@@ -221,11 +230,17 @@ def test_micro_profile_dvc_repro_end_to_end(cifar_cache, data_root, tmp_path):
     md = (repo / "results" / "micro" / "cifar10.md").read_text()
     assert "Profile `micro`" in md and "bireal_resnet18_cifar" in md and "BNAS (cell searched by this pipeline)" in md
     rows = list(csv.DictReader((repo / "results" / "micro" / "cifar10.csv").read_text().splitlines()[1:]))
-    assert {r["run_folder"] for r in rows} == {"bireal_resnet18_cifar", "toy_binary_cifar", "bnas_searched", ""}
+    folders = {r["run_folder"] for r in rows}
+    assert folders == {"bireal_resnet18_cifar", "toy_binary_cifar", "bnas_searched", ""} | MULTI_STAGE_ROWS
+    for name in MULTI_STAGE_ROWS:  # the final stage of each chain, initialised from its first stage
+        saved = yaml.safe_load((repo / "runs" / "cifar10" / name / "seed0" / "config.yaml").read_text())["train"]
+        assert saved["init_from"].startswith("runs/cifar10/stages/"), saved["init_from"]
+    react = yaml.safe_load((repo / "runs/cifar10/react_resnet18_cifar/seed0/config.yaml").read_text())["train"]
+    assert react["teacher_weights"] == "runs/cifar10/stages/resnet18_teacher/seed0/model.pt"
     (toy,) = [r for r in rows if r["run_folder"] == "toy_binary_cifar"]  # described by its family file alone
     assert toy["method"] == "Toy-Net (toy_binary_cifar)" and toy["scheme"] == "Sign (toy)", toy
     profile = run("bnas", "profile", "toy_binary_cifar")
-    assert "toy_binary_cifar" in profile and "binary inputs in {-1,+1}: yes" in profile, profile
+    assert "toy_binary_cifar" in profile and "binary inputs in their alphabet ({-1, +1}): yes" in profile, profile
     assert [r["verdict"] for r in rows if r["run_folder"] == ""] == ["not run"]  # BNAS-A: in the paper, not run here
     assert all(float(r["top1_mean"]) > 0 for r in rows if r["n"] != "0")
     assert (repo / "results" / "micro" / "ablation.tex").is_file()
@@ -248,7 +263,7 @@ def test_micro_profile_dvc_repro_end_to_end(cifar_cache, data_root, tmp_path):
     parents = [r for r in runs if r.data.tags.get("bnas.role") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(children) == 4  # search, retrain, bireal, toy
+    assert len(children) == 9  # search, retrain, bireal, toy; teacher, ReAct steps 1-2, BinaryDuo coupled, decoupled
     assert "bireal_resnet18_cifar/top1_mean" in parents[0].data.metrics
     iexp = client.get_experiment_by_name("bnas-imagenet")  # the ImageNet runs nest under their experiment's parent
     iruns = client.search_runs([iexp.experiment_id])

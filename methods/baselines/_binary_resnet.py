@@ -24,7 +24,7 @@ from torch import nn
 from methods.binary import BinaryConv2d, LearnedScale
 from methods.registry import check_model_kwargs, constructor_kwargs
 
-__all__ = ["BinaryResNet", "BinaryBasicBlock", "BiRealBlock", "ConvFactory", "check_resnet_kwargs"]
+__all__ = ["ClassifierSurface", "BinaryResNet", "BinaryBasicBlock", "BiRealBlock", "ConvFactory", "check_resnet_kwargs"]
 
 # (in_channels, out_channels, stride, out_size) -> a 3x3 conv
 ConvFactory = Callable[[int, int, int, tuple[int, int]], nn.Module]
@@ -106,68 +106,17 @@ class BiRealBlock(nn.Module):
         return self.bn(self.conv(x)) + self.downsample(x)
 
 
-class BinaryResNet(nn.Module):
-    """A ResNet whose stage convs are binary; stem, shortcuts and classifier stay real.
+class ClassifierSurface(nn.Module):
+    """timm's classifier surface for a binary network whose subclass sets `fc`, `global_pool`, `num_features`,
+    `num_classes` and `drop_rate` and defines `forward_features`: the head, the classifier reset, and the list of
+    the layers that stay real (`bnas profile` audits it)."""
 
-    Args:
-        block: BinaryBasicBlock or BiRealBlock.
-        layers: blocks per stage (ResNet-18 basic blocks: (2, 2, 2, 2); Bi-Real-18: (4, 4, 4, 4)).
-        conv: factory of the binary 3x3 convs.
-        cifar_stem: 3x3 stride-1 stem without max-pool (32x32 inputs) instead of 7x7/2 + max-pool (224x224).
-        img_size: input resolution, used for resolution-tied scales (XNOR-Net++ "factorised"/"full").
-    """
-
-    def __init__(
-        self,
-        block: type[nn.Module],
-        layers: tuple[int, ...],
-        conv: ConvFactory,
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        cifar_stem: bool = False,
-        img_size: int = 224,
-        widths: tuple[int, ...] = (64, 128, 256, 512),
-        global_pool: str = "avg",
-        drop_rate: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
-        w0 = widths[0]
-        if cifar_stem:
-            self.conv1 = nn.Conv2d(in_chans, w0, 3, 1, 1, bias=False)
-            self.maxpool: nn.Module = nn.Identity()
-            size = img_size
-        else:
-            self.conv1 = nn.Conv2d(in_chans, w0, 7, 2, 3, bias=False)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-            size = img_size // 4
-        self.bn1 = nn.BatchNorm2d(w0)
-        # never a ReLU in front of sign(): sign(ReLU(x)) = +1 everywhere. Basic blocks use Hardtanh (their block
-        # activation); Bi-Real's release has no activation after the stem BN.
-        self.act1 = nn.Identity() if issubclass(block, BiRealBlock) else nn.Hardtanh(inplace=True)
-        stages, cin = [], w0
-        self.feature_info = []
-        for i, (n, w) in enumerate(zip(layers, widths, strict=True)):
-            stride = 1 if i == 0 else 2
-            size = size // stride
-            blocks = []
-            for j in range(n):
-                blocks.append(block(cin, w, stride if j == 0 else 1, (size, size), conv))
-                cin = w
-            stages.append(nn.Sequential(*blocks))
-            self.feature_info.append({"num_chs": w, "reduction": (img_size // size), "module": f"layer{i + 1}"})
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.num_features = self.head_hidden_size = cin
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+    fc: nn.Module
+    global_pool: nn.Module
+    num_features: int
+    num_classes: int
+    drop_rate: float
+    grad_checkpointing: bool
 
     def real_layers(self) -> list[str]:
         """Names of the conv/linear layers that stay full precision."""
@@ -192,10 +141,7 @@ class BinaryResNet(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = stage(x)
-        return x
+        raise NotImplementedError
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
@@ -207,8 +153,83 @@ class BinaryResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+class BinaryResNet(ClassifierSurface):
+    """A ResNet whose stage convs are binary; stem, shortcuts and classifier stay real.
+
+    Args:
+        block: BinaryBasicBlock or BiRealBlock.
+        layers: blocks per stage (ResNet-18 basic blocks: (2, 2, 2, 2); Bi-Real-18: (4, 4, 4, 4)).
+        conv: factory of the binary 3x3 convs.
+        cifar_stem: 3x3 stride-1 stem without max-pool (32x32 inputs) instead of 7x7/2 + max-pool (224x224).
+        img_size: input resolution, used for resolution-tied scales (XNOR-Net++ "factorised"/"full").
+        stem_act: the stem's activation, from its width (default: none for Bi-Real blocks, else Hardtanh).
+    """
+
+    def __init__(
+        self,
+        block: type[nn.Module],
+        layers: tuple[int, ...],
+        conv: ConvFactory,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        cifar_stem: bool = False,
+        img_size: int = 224,
+        widths: tuple[int, ...] = (64, 128, 256, 512),
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        stem_act: Callable[[int], nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        w0 = widths[0]
+        if cifar_stem:
+            self.conv1 = nn.Conv2d(in_chans, w0, 3, 1, 1, bias=False)
+            self.maxpool: nn.Module = nn.Identity()
+            size = img_size
+        else:
+            self.conv1 = nn.Conv2d(in_chans, w0, 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            size = img_size // 4
+        self.bn1 = nn.BatchNorm2d(w0)
+        # never a ReLU in front of sign(): sign(ReLU(x)) = +1 everywhere. Basic blocks use Hardtanh (their block
+        # activation); Bi-Real's release has no activation after the stem BN.
+        if stem_act is not None:
+            self.act1: nn.Module = stem_act(w0)
+        else:
+            self.act1 = nn.Identity() if issubclass(block, BiRealBlock) else nn.Hardtanh(inplace=True)
+        stages, cin = [], w0
+        self.feature_info = []
+        for i, (n, w) in enumerate(zip(layers, widths, strict=True)):
+            stride = 1 if i == 0 else 2
+            size = size // stride
+            blocks = []
+            for j in range(n):
+                blocks.append(block(cin, w, stride if j == 0 else 1, (size, size), conv))
+                cin = w
+            stages.append(nn.Sequential(*blocks))
+            self.feature_info.append({"num_chs": w, "reduction": (img_size // size), "module": f"layer{i + 1}"})
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.num_features = self.head_hidden_size = cin
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+        return x
+
+
 # the BinaryResNet arguments a binary baseline takes (`block` and `conv` are set by its family)
-_RESNET_KWARGS = constructor_kwargs(BinaryResNet, exclude=("block", "conv"))
+_RESNET_KWARGS = constructor_kwargs(BinaryResNet, exclude=("block", "conv", "stem_act"))
 
 
 def check_resnet_kwargs(variant: str, kwargs: dict[str, Any], family: Iterable[str]) -> None:

@@ -103,7 +103,7 @@ class BinaryConv2d(nn.Conv2d):
         caps = q if isinstance(q, Quantizer) else None  # a foreign module declares nothing: the plain path
         int8 = caps is not None and caps.signs_only and self._int8_ok(x)
         if int8 and caps is not None and caps.fuses_sign and self.scale is None:  # the sign fused into the int8 conv
-            w = self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
+            w = self.quantized_weight()
             return int8_sign_conv2d(x, w, caps.sign_grad, self.stride, self._pad, self.dilation, relu)
         return self._conv(self.input_quantizer(x), relu, int8)
 
@@ -113,11 +113,22 @@ class BinaryConv2d(nn.Conv2d):
         forward's output stays channels_last (same values; saves a copy where the caller does not care)."""
         return self._conv(xb, relu, self._int8_ok(xb), any_layout)
 
+    def latent_weight(self) -> torch.Tensor:
+        """The real-valued (C_out, C_in / groups, kh, kw) kernel the weight quantizer binarises: the stored `weight`
+        here; a subclass that stores its kernel in another form (CBCN's circulant filters) expands it."""
+        return self.weight
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The kernel the conv applies: the latent weight through the weight quantizer (if any)."""
+        w = self.latent_weight()
+        return w if self.weight_quantizer is None else self.weight_quantizer(w)
+
     def _conv(self, x: torch.Tensor, relu: bool, int8: bool, any_layout: bool = False) -> torch.Tensor:
-        if self.weight_quantizer is None and self.scale is None and self.pad_value == 0.0:
+        plain = type(self).latent_weight is BinaryConv2d.latent_weight
+        if plain and self.weight_quantizer is None and self.scale is None and self.pad_value == 0.0:
             y = super().forward(x)
             return F.relu_(y) if relu else y
-        w = self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
+        w = self.quantized_weight()
         if int8:
             fuse = relu and self.scale is None
             y = int8_binary_conv2d(x, w, self.stride, self._pad, self.dilation, fuse, any_layout)

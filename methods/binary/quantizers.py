@@ -38,11 +38,18 @@ class Quantizer(nn.Module):
       - `scaled_signs`: as a weight quantizer, +-alpha per output filter (an int8 conv computes alpha x an integer
         sum exactly);
       - `fuses_sign`: :meth:`sign_grad` gives the input gradient from the gradient w.r.t. sign(x), so a conv can fuse
-        the sign into its int8 forward and keep only the input's 1-byte codes.
+        the sign into its int8 forward and keep only the input's 1-byte codes;
+      - `alphabet`: the values an input quantizer's output takes (`bnas profile` audits every binary conv's input
+        against it): +-1 for sign quantizers, {0, 1} for BinaryDuo's decoupled activations;
+      - `planes`: binary planes per value, the multiplier of a binary conv's BOPs (and, for a weight quantizer, of its
+        stored bits): M weight bases or N activation bases in ABC-Net, 2 for BinaryDuo's ternary activations
+        (counted as the two binary ones they decouple into).
     """
 
     name: str = ""
     bit_width: int = 1
+    alphabet: tuple[float, ...] = (-1.0, 1.0)
+    planes: int = 1
     signs_only: bool = False
     scaled_signs: bool = False
     fuses_sign: bool = False

@@ -44,7 +44,7 @@ def test_hand_computed_small_model():
     assert p.params_binary == 216 + 36
     assert p.params_real == 108 + 8 + 6 + 70
     assert p.memory_bits == 252 + 32 * 192
-    assert p.audit["binary_inputs_are_pm1"] is True
+    assert p.audit["binary_inputs_in_alphabet"] is True
     assert p.audit["real_layers"] == ["0 (conv)", "3 (conv)", "6 (linear)"]
     scaled = profile_model(_tiny(), (3, 8, 8), policy="bireal_scales")
     assert scaled.flops == p.flops + 6 * 4 * 4
@@ -65,7 +65,7 @@ def test_hand_computed_small_model():
 def test_imagenet_ops_match_the_papers(name, paper_ops, tol):
     p = profile_model(timm.create_model(name), (3, 224, 224))
     assert p.ops == pytest.approx(paper_ops, rel=tol)
-    assert p.audit["binary_inputs_are_pm1"]
+    assert p.audit["binary_inputs_in_alphabet"]
 
 
 def test_bireal18_memory_and_the_fp_reference():
@@ -84,7 +84,7 @@ def test_audit_catches_a_non_binary_input():
 
     m = nn.Sequential(BinaryConv2d(3, 4, 3, input_quantizer=Leaky(), weight_quantizer="ste_sign"))
     p = profile_model(m, (3, 8, 8))
-    assert p.audit["binary_inputs_are_pm1"] is False and p.audit["non_binary_inputs"] == ["0"]
+    assert p.audit["binary_inputs_in_alphabet"] is False and p.audit["non_binary_inputs"] == ["0"]
 
 
 def test_profile_cli_json_and_table():

@@ -14,12 +14,15 @@ from harness.config import TrainConfig
 from harness.distributed import Runtime
 from harness.engine import (
     Hook,
+    TrainLoss,
+    build_loss,
     build_optimizer,
     build_scheduler,
     clip_grad_norm_release_order,
     train_one_epoch,
     validate,
 )
+from harness.errors import ConfigError
 from methods.binary import BinaryConv2d, XnorWeight, binary_sign
 
 REPO = Path(__file__).resolve().parents[2]
@@ -329,3 +332,56 @@ def test_validate_centres_and_clamps_the_xnor_weights_once_per_pass():
     assert torch.equal(net.conv1.weight.detach(), prep(w0))
     validate(net, [(x, y)] * 2, cfg, rt)
     assert torch.equal(net.conv1.weight.detach(), prep(prep(w0)))
+
+
+def test_official_lr_offset_trains_each_epoch_at_the_next_epochs_value_and_the_last_at_zero():
+    """ReActNet's release: LambdaLR(1 - e/E) stepped at the start of every epoch, so epoch e (0-based) runs at
+    lr (1 - (e + 1)/E), constant within the epoch."""
+    cfg = TrainConfig(epochs=4, lr=0.01, sched="linear", opt="adam", official_lr_offset=True)
+    p = nn.Parameter(torch.zeros(1))
+    opt = build_optimizer(cfg, nn.ParameterList([p]))
+    sched = build_scheduler(cfg, opt, 3)  # 3 updates per epoch
+    seen = []
+    for update in range(12):
+        seen.append(opt.param_groups[0]["lr"])  # the lr this update trains at
+        opt.step()
+        sched.step(update + 1)
+    expected = [0.01 * (1 - (e + 1) / 4) for e in range(4) for _ in range(3)]
+    assert seen == pytest.approx(expected, abs=1e-12)
+    assert seen[-3:] == [0.0, 0.0, 0.0]
+    with pytest.raises(ConfigError, match="train.official_lr_offset"):
+        build_scheduler(TrainConfig(epochs=4, sched="cosine", official_lr_offset=True), opt, 3)
+
+
+def test_distillation_is_the_cross_entropy_against_the_frozen_teachers_softmax():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4))
+    x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 0])
+    logits = torch.randn(5, 4, requires_grad=True)
+    loss = build_loss(TrainConfig(teacher="unused-here"), teacher).train()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        target = teacher(x).softmax(1)
+    kd = -(target * logits.log_softmax(1)).sum(1).mean()
+    torch.testing.assert_close(loss(logits, y, x), kd)  # distillation only: no label term (ReActNet)
+    mixed = TrainLoss(nn.CrossEntropyLoss(), teacher, distill_weight=0.25)
+    torch.testing.assert_close(mixed(logits, y, x), 0.25 * kd + 0.75 * nn.functional.cross_entropy(logits, y))
+    plain = build_loss(TrainConfig(label_smoothing=0.0))
+    torch.testing.assert_close(plain(logits, y, x), nn.functional.cross_entropy(logits, y))
+    loss(logits, y, x).backward()
+    assert logits.grad is not None and all(p.grad is None for p in teacher.parameters())
+
+
+def test_multistep_decays_at_the_milestone_epochs():
+    cfg = TrainConfig(epochs=6, lr=0.1, sched="multistep", decay_milestones=[2, 4], decay_rate=0.1, opt="momentum")
+    p = nn.Parameter(torch.zeros(1))
+    opt = build_optimizer(cfg, nn.ParameterList([p]))
+    sched = build_scheduler(cfg, opt, 5)
+    seen = []
+    for update in range(30):  # 5 updates per epoch
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step(update + 1)
+    assert seen == pytest.approx([0.1] * 10 + [0.01] * 10 + [0.001] * 10)
+    with pytest.raises(ConfigError, match="train.decay_milestones"):
+        build_scheduler(TrainConfig(epochs=6, sched="multistep"), opt, 5)

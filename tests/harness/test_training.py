@@ -179,3 +179,80 @@ def test_resume_is_exact_for_a_binary_model_with_weight_stats(cifar_cache, tmp_p
     resumed = run_train(cfg, cifar_cache, tmp_path / "cut", resume=True, progress=False)
     assert "binary/flip_ratio" in full
     assert strip_perf(resumed) == strip_perf(full)
+
+
+def test_init_from_can_skip_the_binary_latent_weights_as_the_reactnet_a_release(tmp_path):
+    import timm
+
+    from harness.training import binary_weight_keys, load_weights
+
+    torch.manual_seed(0)
+    step1 = timm.create_model("reactnet_a_cifar", width_mult=0.25, weight_binary=False)
+    torch.save(step1.state_dict(), tmp_path / "model.pt")
+    torch.manual_seed(1)
+    step2 = timm.create_model("reactnet_a_cifar", width_mult=0.25)
+    fresh = {k: v.clone() for k, v in step2.state_dict().items()}
+    load_weights(step2, tmp_path / "model.pt", skip_binary=True)
+    keys = binary_weight_keys(step2)
+    assert len(keys) == 26  # 13 blocks x (3x3 + 1x1)
+    after, before = step2.state_dict(), step1.state_dict()
+    assert all(torch.equal(after[k], fresh[k]) for k in keys)  # kept at step 2's init
+    assert all(torch.equal(after[k], before[k]) for k in after if k not in keys)  # the rest from step 1
+    load_weights(step2, tmp_path / "model.pt")  # the intended (default) load takes everything
+    assert all(torch.equal(step2.state_dict()[k], before[k]) for k in keys)
+
+
+def test_init_decouple_loads_the_coupled_stage_into_the_decoupled_network(tmp_path):
+    import timm
+
+    from harness.training import load_init
+
+    small = {"widths": (8, 12, 23, 45), "last_width": 64}
+    torch.manual_seed(0)
+    coupled = timm.create_model("binaryduo_resnet18_cifar", **small)
+    x = torch.randn(4, 3, 32, 32)
+    coupled.train()
+    coupled(x)  # BN statistics off their init
+    torch.save(coupled.state_dict(), tmp_path / "model.pt")
+    tc = TrainConfig(
+        model="binaryduo_resnet18_cifar",
+        init_from=str(tmp_path / "model.pt"),
+        init_decouple=True,
+        model_kwargs={**small, "decoupled": True},
+    )
+    decoupled = timm.create_model("binaryduo_resnet18_cifar", **small, decoupled=True)
+    load_init(decoupled, tc)
+    torch.testing.assert_close(decoupled.eval()(x), coupled.eval()(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="train.init_decouple"):
+        load_init(decoupled, TrainConfig(model="binaryduo_resnet18_cifar", init_from="x", init_decouple=True))
+
+
+def test_a_teacher_needs_weights_and_distils_from_a_finished_run(cifar_cache, tmp_path):
+    from harness.training import build_teacher
+
+    with pytest.raises(ConfigError, match="train.teacher_weights"):
+        build_teacher(TrainConfig(teacher="test_resnet"))
+    teacher_cfg = tiny_config(epochs=1, train_subset=128, test_subset=64)
+    run_train(teacher_cfg, cifar_cache, tmp_path / "teacher", progress=False)
+    teacher = build_teacher(TrainConfig(teacher="test_resnet", teacher_weights=str(tmp_path / "teacher" / "model.pt")))
+    assert isinstance(teacher, torch.nn.Module)
+    cfg = tiny_config(
+        model="react_resnet18_cifar",
+        epochs=2,
+        train_subset=128,
+        test_subset=64,
+        opt="adam",
+        lr=5e-4,
+        weight_decay=0.0,
+        sched="linear",
+        official_lr_offset=True,
+        model_kwargs={"widths": [8, 16, 32, 64], "weight_binary": False},
+        teacher="test_resnet",
+        teacher_weights=str(tmp_path / "teacher" / "model.pt"),
+    )
+    m = run_train(cfg, cifar_cache, tmp_path / "student", progress=False)
+    assert 0 < m["train/loss"] < 10
+    saved = yaml.safe_load(open(tmp_path / "student" / "config.yaml"))
+    assert saved["train"]["teacher"] == "test_resnet" and saved["train"]["official_lr_offset"] is True
+    with pytest.raises(CheckpointError, match="train.teacher_weights"):
+        build_teacher(TrainConfig(teacher="resnet18_cifar", teacher_weights=str(tmp_path / "teacher" / "model.pt")))

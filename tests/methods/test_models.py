@@ -37,9 +37,13 @@ def test_registered():
     assert {f"{n}_cifar" for n in expected - {"resnet18_cifar"}} <= names
 
 
+# CBCN at its real width (256-2048 channels) takes ~30 s for one CPU forward/backward: the generic checks use 1/4
+LIGHT = {"cbcn_resnet18": {"widths": [64, 128, 256, 512]}, "cbcn_resnet18_cifar": {"widths": [64, 128, 256, 512]}}
+
+
 @pytest.mark.parametrize("name", _our_models())
 def test_forward_backward_reset(name):
-    m = timm.create_model(name, num_classes=10)
+    m = timm.create_model(name, num_classes=10, **LIGHT.get(name, {}))
     x = torch.randn(2, 3, 32, 32)
     y = m(x)
     assert y.shape == (2, 10) and torch.isfinite(y).all()
@@ -110,7 +114,13 @@ def test_resnet18_cifar_trains_through_the_engine(cifar_cache, tmp_path):
     assert 0 < m["train/loss"] < 10 and 0 <= m["val/top1"] <= 100
 
 
-@pytest.mark.parametrize("name", [n for n in _our_models() if not n.endswith("_cifar")])
+IMAGENET_VARIANTS = [n for n in _our_models() if "_cifar" not in n]
+
+
+# CBCN at 224 (2.7e10 BOPs, ~10 s) runs with `pytest -m slow`
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("cbcn") else n for n in IMAGENET_VARIANTS]
+)
 def test_imagenet_variants_at_224(name):
     m = timm.create_model(name)
     y = m(torch.randn(1, 3, 224, 224))
@@ -118,17 +128,24 @@ def test_imagenet_variants_at_224(name):
     y.sum().backward()
 
 
-BASELINES_CIFAR = [
-    "binarynet_resnet18_cifar",
-    "xnornet_resnet18_cifar",
-    "xnornetpp_resnet18_cifar",
-    "bireal_resnet18_cifar",
-]
+SMALL = {"widths": [16, 32, 64, 128]}  # the quick profile's widths
+BASELINES_CIFAR = {
+    "binarynet_resnet18_cifar": SMALL,
+    "xnornet_resnet18_cifar": SMALL,
+    "xnornetpp_resnet18_cifar": SMALL,
+    "bireal_resnet18_cifar": SMALL,
+    "abcnet_resnet18_cifar": {**SMALL, "weight_bases": 3, "activation_bases": 3},
+    "binaryduo_resnet18_cifar": {"widths": [16, 23, 45, 90], "last_width": 128},  # the coupled network
+    "cbcn_resnet18_cifar": {"widths": [32, 64, 128, 256]},
+    "react_resnet18_cifar": SMALL,
+    "reactnet_a_cifar": {"width_mult": 0.25},
+}
+SLOW = ("xnornet", "cbcn")
 
 
 # the two XNOR variants (~40 s each on 2 cores) run with `pytest -m slow`: the suite stays under ~10 minutes
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("xnornet") else n for n in BASELINES_CIFAR]
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith(SLOW) else n for n in BASELINES_CIFAR]
 )
 def test_baseline_loss_goes_down_on_real_cifar(name, cifar_cache, tmp_path):
     """A short real run (256 real CIFAR-10 images, 5 epochs of 4 steps, Adam 5e-4, the quick profile's widths
@@ -148,7 +165,7 @@ def test_baseline_loss_goes_down_on_real_cifar(name, cifar_cache, tmp_path):
         lr=5e-4,
         weight_decay=0.0,
         sched="constant",
-        model_kwargs={"widths": [16, 32, 64, 128]},
+        model_kwargs=BASELINES_CIFAR[name],
     )
     m = run_train(cfg, cifar_cache, tmp_path / "run", progress=False)
     rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
@@ -241,3 +258,50 @@ def test_create_model_names_the_model_kwarg_and_what_it_takes():
         create_model("bnas_a", 10, weight_binary=False)
     with pytest.raises(BnasError, match=r"^model 'xnornetpp_resnet18_cifar' does not take keyword 'xnor_grad'"):
         create_model("xnornetpp_resnet18_cifar", 10, xnor_grad="exact")
+
+
+# the ImageNet variants of the issue-18 families, once each, tiny, on the real Imagenette copy (1000 train images,
+# 10 classes): 64 images at 64x64, one epoch, evaluated on 50 validation images
+IMAGENET_SMOKE = {
+    "abcnet_resnet18": {"widths": [8, 16, 32, 64]},
+    "binaryduo_resnet18": {"widths": [8, 12, 23, 45], "last_width": 64},
+    "cbcn_resnet18": {"widths": [16, 32, 64, 128]},
+    "react_resnet18": {"widths": [8, 16, 32, 64]},
+    "reactnet_a": {"width_mult": 0.125},
+}
+
+
+@pytest.fixture(scope="module")
+def imagenette(data_root, tmp_path_factory):
+    from harness.imagenet import prepare_imagenet
+
+    out = tmp_path_factory.mktemp("imagenette")
+    prepare_imagenet(data_root / "imagenette", out)
+    return out
+
+
+@pytest.mark.parametrize("name", list(IMAGENET_SMOKE))
+def test_imagenet_families_train_once_on_imagenette(name, imagenette, tmp_path):
+    from _helpers import tiny_config
+
+    from harness.config import config_from_dict, config_to_dict
+    from harness.training import run_train
+
+    cfg = config_to_dict(
+        tiny_config(
+            model=name,
+            num_classes=10,
+            epochs=1,
+            batch_size=16,
+            opt="adam",
+            lr=1e-3,
+            weight_decay=0.0,
+            sched="constant",
+            model_kwargs=IMAGENET_SMOKE[name],
+            train_subset=64,
+            test_subset=50,
+        )
+    )
+    cfg["data"].update(image_size=64, val_resize=73, num_workers=0)
+    m = run_train(config_from_dict(cfg), imagenette, tmp_path / "run", progress=False)
+    assert 0 < m["train/loss"] < 10 and 0 <= m["val/top1"] <= 100 and m["cost/bops"] > 0
