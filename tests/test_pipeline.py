@@ -296,7 +296,8 @@ def test_small_profile_has_three_seeds_of_every_row_and_every_search():
         )
     stages = [st for st in _stages() if st.path_in_repo.startswith("pipelines/small/")]
     assert {st.addressing.split(":")[-1].split("@")[0] for st in stages} == {
-        "search", "derive", "retrain", "train", "tables", "figures"
+        "search", "derive", "retrain", "train", "teacher", "distil_step1", "distil_step2", "couple", "decouple",
+        "tables", "figures",
     }  # fmt: skip
     for st in stages:
         argv = shlex.split(st.cmd)

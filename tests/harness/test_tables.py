@@ -90,9 +90,9 @@ def test_tables_from_fixture_runs_match_scipy(tmp_path):
         assert float(rows[m]["p_holm"]) == pytest.approx(expected[m])
         assert rows[m]["verdict"] == "no paper value"
     assert "ablation_no_skip" not in rows  # ablations have their own table
-    # ImageNet: every poster row and BNAS-E..H stay, marked "not run"
+    # ImageNet: every poster row, BNAS-E..H and the two ReActNet rows of its own paper stay, marked "not run"
     im = _rows(tmp_path / "out" / "imagenet.csv")
-    assert len(im) == 15 + 4 and all(r["verdict"] == "not run" for r in im)
+    assert len(im) == 15 + 4 + 2 and all(r["verdict"] == "not run" for r in im)
     assert [r["top1_paper"] for r in im[:3]] == ["42.2", "42.7", "57.69"]
     # ablation: Full vs No Skip / No Div, Holm over the two
     ab = (tmp_path / "out" / "ablation.md").read_text()
