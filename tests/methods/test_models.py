@@ -117,9 +117,13 @@ def test_resnet18_cifar_trains_through_the_engine(cifar_cache, tmp_path):
 IMAGENET_VARIANTS = [n for n in _our_models() if "_cifar" not in n]
 
 
-# CBCN at 224 (2.7e10 BOPs, ~10 s) runs with `pytest -m slow`
+# the issue-18 families at 224 run with `pytest -m slow` (CBCN: 2.7e10 BOPs, ~10 s); each trains once, tiny, on
+# Imagenette below in the default suite
+NEWER = ("abcnet", "binaryduo", "cbcn", "react")
+
+
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("cbcn") else n for n in IMAGENET_VARIANTS]
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith(NEWER) else n for n in IMAGENET_VARIANTS]
 )
 def test_imagenet_variants_at_224(name):
     m = timm.create_model(name)
@@ -140,7 +144,7 @@ BASELINES_CIFAR = {
     "react_resnet18_cifar": SMALL,
     "reactnet_a_cifar": {"width_mult": 0.25},
 }
-SLOW = ("xnornet", "cbcn")
+SLOW = ("xnornet", "cbcn", "abcnet", "react")  # -m slow; the others keep the suite near 10 minutes
 
 
 # the two XNOR variants (~40 s each on 2 cores) run with `pytest -m slow`: the suite stays under ~10 minutes
