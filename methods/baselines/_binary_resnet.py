@@ -106,6 +106,16 @@ class BiRealBlock(nn.Module):
         return self.bn(self.conv(x)) + self.downsample(x)
 
 
+def init_conv_bn(module: nn.Module) -> None:
+    """He et al.'s init of every conv (fan_out, ReLU gain) and unit-scale, zero-shift BN in `module` (timm's ResNet)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class ClassifierSurface(nn.Module):
     """timm's classifier surface for a binary network whose subclass sets `fc`, `global_pool`, `num_features`,
     `num_classes` and `drop_rate` and defines `forward_features`: the head, the classifier reset, and the list of
@@ -214,12 +224,7 @@ class BinaryResNet(ClassifierSurface):
         self.num_features = self.head_hidden_size = cin
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
         self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from methods.baselines._binary_resnet import BinaryResNet, ConvFactory, cfg, check_resnet_kwargs
+from methods.baselines._binary_resnet import BinaryResNet, ConvFactory, cfg, check_resnet_kwargs, init_conv_bn
 from methods.binary import BinaryConv2d
 from methods.binary.duo import LayerScaleSign, UniformActivation, decouple
 from methods.registry import MethodInfo, describe_models
@@ -114,13 +114,8 @@ class DuoResNet(BinaryResNet):
         self.feature_info[-1]["num_chs"] = last_width
         self.num_features = self.head_hidden_size = last_width
         self.fc = nn.Linear(last_width, num_classes) if num_classes > 0 else nn.Identity()
-        for m in (last, self.maxpool, self.fc):
-            for sub in m.modules():
-                if isinstance(sub, nn.Conv2d):
-                    nn.init.kaiming_normal_(sub.weight, mode="fan_out", nonlinearity="relu")
-                elif isinstance(sub, nn.BatchNorm2d):
-                    nn.init.ones_(sub.weight)
-                    nn.init.zeros_(sub.bias)
+        for m in (last, self.maxpool, self.fc):  # the modules replaced or added after BinaryResNet's init
+            init_conv_bn(m)
 
 
 _FAMILY_KWARGS = ("activation_levels", "weight_binary", "decoupled", "last_width")

@@ -90,7 +90,7 @@ class MultiBaseWeight(Quantizer):
         coef = alpha.t().reshape(shape)  # (M, G, 1, 1, 1)
         w_hat = (coef * b).sum(0)
         # identity straight-through on every base: dL/dW = sum_m alpha_m dL/dB_m
-        ste = (coef * (w - w.detach()).unsqueeze(0)).sum(0)
+        ste = coef.sum(0) * (w - w.detach())
         return w_hat + ste
 
     def extra_repr(self) -> str:

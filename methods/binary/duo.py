@@ -95,8 +95,7 @@ class PairSplit(Quantizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.scale.to(x.dtype).view(2, 1, -1, 1, 1)
         b = self.shift.to(x.dtype).view(2, 1, -1, 1, 1)
-        pair = x.unsqueeze(0) * a + b  # (2, N, C, H, W)
-        return self.binary(torch.cat((pair[0], pair[1]), dim=1))
+        return self.binary(torch.cat((x * a[0] + b[0], x * a[1] + b[1]), dim=1))
 
     def extra_repr(self) -> str:
         return f"channels={self.scale.shape[1]}"
