@@ -14,6 +14,7 @@ a 2x2 average pool first in Bi-Real). `real_layers()` lists them; `bnas profile`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -107,10 +108,16 @@ class BiRealBlock(nn.Module):
 
 
 def init_conv_bn(module: nn.Module) -> None:
-    """He et al.'s init of every conv (fan_out, ReLU gain) and unit-scale, zero-shift BN in `module` (timm's ResNet)."""
+    """He et al.'s init of every conv (fan_out, ReLU gain) and unit-scale, zero-shift BN in `module` (timm's ResNet).
+
+    The fan-out is the conv's applied one, `out_channels x k x k`: for a plain conv that is Kaiming's `fan_out` of
+    its weight (same values, same random stream); for CBCN's circulant conv, whose stored bank has a quarter of the
+    applied output channels, it keeps the std of the expanded 4x conv it applies.
+    """
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            fan_out = m.out_channels * math.prod(m.kernel_size)
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

@@ -77,3 +77,14 @@ def test_costs_released_network_and_the_poster_figure():
     assert abs(code.params_binary - 43.9e6) / 43.9e6 < 0.005
     assert abs(code.params_real - 4.8e6) / 4.8e6 < 0.05  # the spec's "about 4.8M" real (shortcuts, stem, FC, BN)
     assert code.audit["binary_inputs_in_alphabet"] and code.audit["binary_layers"] == 16
+
+
+def test_model_init_keeps_the_expanded_convs_kaiming_std():
+    """The network-wide He init must use the applied conv's fan-out (4 C_out k k), not the stored bank's first dim."""
+    torch.manual_seed(0)
+    model = timm.create_model("cbcn_resnet18_cifar", num_classes=10)
+    convs = [m for m in model.modules() if isinstance(m, CirculantBinaryConv2d)]
+    assert convs
+    for m in convs:
+        expected = (2.0 / (m.out_channels * 9)) ** 0.5  # out_channels is the applied (4x) count
+        assert abs(m.weight.std().item() / expected - 1.0) < 0.05, (m.weight.shape, m.weight.std().item(), expected)
