@@ -165,7 +165,11 @@ def prepare(dataset: str, source: Path | None, out: Path, params: Path | None, d
     help="A key of params group `methods` (its recipe, groups and per-profile overrides apply; an unknown name is an "
     "error). Default: train.model when that is a `methods` key and no --recipe is given.",
 )
-@click.option("--recipe", default="", help="Apply params group recipes.<NAME> over train (before any -S).")
+@click.option(
+    "--recipe",
+    default="",
+    help="Apply params group recipes.<NAME> over train (before any -S); `own`: the --method's own recipe, by name.",
+)
 @click.option(
     "--init-from",
     type=click.Path(path_type=Path),

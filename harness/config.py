@@ -190,6 +190,7 @@ class Config:
 
 
 GROUPS = ("data", "train", "search", "tracking")
+OWN_RECIPE = "own"  # `--recipe own`: the method's own recipe (methods.<name>.recipe), by name; no recipe may take it
 ENVIRONMENT = "environment"  # the top-level key of a run's config.yaml that records its process-wide switches
 
 
@@ -418,6 +419,10 @@ def config_from_dict(values: Mapping[str, Any] | None, source: str = "<dict>") -
         known = ", ".join(sorted(cfg.profiles)) or "none defined"
         raise ConfigError(f"{source}: profile: unknown profile '{cfg.profile}' (params group 'profiles': {known})")
     base = dataclasses.asdict(cfg.train)
+    if OWN_RECIPE in cfg.recipes:
+        raise ConfigError(
+            f"{source}: recipes.{OWN_RECIPE}: '{OWN_RECIPE}' is reserved (--recipe {OWN_RECIPE}: the method's own)"
+        )
     for name, overrides in cfg.recipes.items():  # every recipe must make a valid train group
         if "recipe" in overrides:
             raise ConfigError(f"{source}: recipes.{name}: 'recipe' is set by --recipe, not inside a recipe")
@@ -559,15 +564,20 @@ def resolve_layers(
     config_from_dict(raw, source)  # validate the file itself, recipes included, before combining anything
     methods = raw.get("methods") or {}
     entry: dict[str, Any] = {}
-    explicit_recipe = recipe
     if method:
         if method not in methods:
             raise ConfigError(
                 f"{source}: unknown method '{method}' (params group 'methods'){_closest(method, sorted(methods))}"
             )
         entry = methods[method] or {}
-        if not recipe:
-            recipe = entry.get("recipe", recipe)
+    if recipe == OWN_RECIPE:  # the method's own (paper) recipe, asked for by name: it must have one
+        if not entry.get("recipe"):
+            what = f"method '{method}' has no recipe (methods.{method}.recipe)" if method else "it needs a --method"
+            raise ConfigError(f"{source}: recipe '{OWN_RECIPE}' means the method's own recipe, but {what}")
+        recipe = entry["recipe"]
+    explicit_recipe = recipe
+    if method and not recipe:
+        recipe = entry.get("recipe", recipe)
     layers: list[tuple[str, dict[str, Any]]] = [("params", {g: raw[g] for g in GROUPS if g in raw})]
     if recipe:
         recipes = raw.get("recipes") or {}
@@ -637,7 +647,8 @@ def load_config(
         path: the params file (None: defaults only).
         overrides: dotted keys applied last.
         recipe: None loads the file as is (with its `recipes` group); a name applies `recipes.<name>` over `train`
-            and records it as `train.recipe`; "" applies none (or the method's recipe). In both of the latter cases
+            and records it as `train.recipe`; "own" the method's own (an error if it has none); "" applies none (or
+            the method's recipe). In both of the latter cases
             the result is a run's resolved config, without the `recipes`/`profiles`/`methods`/`pipeline` groups.
         method: a key of `methods` (its recipe and group overrides are applied).
 

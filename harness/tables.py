@@ -58,6 +58,7 @@ class MethodRuns:
     pretrained: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     precision: list[str] = field(default_factory=list)  # per seed: fp32 / bf16 / fp16 (metrics.json `precision`)
+    recipe: str = ""  # the recipe the seeds trained with (config.yaml train.recipe)
 
     @property
     def precisions(self) -> str:
@@ -97,6 +98,7 @@ def collect_runs(root: str | Path, dataset: str) -> dict[str, MethodRuns]:
                     str(train.get("model", mdir.name)),
                     pretrained=bool(train.get("init_from")),
                     model_kwargs=dict(train.get("model_kwargs") or {}),
+                    recipe=str(train.get("recipe") or ""),
                 )
             runs.seeds.append(int(train.get("seed", len(runs.seeds))))
             runs.top1.append(float(m["val/top1"]))
@@ -226,6 +228,15 @@ COLUMNS = [
 ]
 
 
+OWN_RECIPE_FOLDER = "@paper"  # runs/<dataset>/<method>@paper: the method trained with its own recipe (`--recipe own`)
+OWN_RECIPE_NOTE = (
+    "Rows without a recipe named train with the pipeline's one recipe, seed for seed. 'own recipe NAME': the same "
+    "method trained with its own paper recipe (params recipes.NAME, docs/recipes.md; its UNVERIFIED and INFERRED "
+    "values are labelled there) at this profile's sizes: a shortened run, so a step schedule's milestones past its "
+    "last epoch never fire. The recipes are each paper's ImageNet one; the CIFAR-10 variants of these networks are "
+    "INFERRED."
+)
+
 CHECKPOINT_NOTE = (
     "Ours: the last epoch's weights on the evaluation set (never a maximum over epochs). Paper checkpoint: "
     "may-be-best-on-val = the release keeps the checkpoint with the best top-1 on the set it reports on, so the "
@@ -295,6 +306,8 @@ def build_report(
             entry.update(top1=base["top1"], label=f"{base['name']} (bnas_a)", selection=base.get("selection"))
         if name == ABLATIONS["full"]:
             entry["label"] = "BNAS (cell searched by this pipeline)"
+        if name.endswith(OWN_RECIPE_FOLDER):
+            entry["label"] = f"{r.family[0]} ({r.model}), own recipe {r.recipe or '?'}"
         entries.append((entry, r))
     for m, base in cref.items():  # paper rows nobody ran stay, marked "not run"
         if m not in cifar:
@@ -321,6 +334,7 @@ def build_report(
             + [
                 "p-values compare each row's seeds with BNAS-A's (Welch's t-test), Holm-corrected over the table.",
                 CHECKPOINT_NOTE,
+                *([OWN_RECIPE_NOTE] if any(k.endswith(OWN_RECIPE_FOLDER) for k in cifar) else []),
             ],
             COLUMNS,
             rows,

@@ -76,14 +76,17 @@ def test_every_method_the_pipeline_names_resolves():
         recipe = ""
         if argv[1] == "train" and "data/cifar10" in argv:
             recipe = argv[argv.index("--recipe") + 1]
-            assert recipe == params["pipeline"]["cifar_recipe"], st.addressing
+            # the rows of the shared recipe, and (folder <method>@paper) each method's own paper recipe
+            own = "@paper/" in argv[argv.index("--out") + 1]
+            assert recipe == ("own" if own else params["pipeline"]["cifar_recipe"]), st.addressing
         if (method, recipe) in checked:
             continue
         checked.add((method, recipe))
+        expected = params["methods"][method]["recipe"] if recipe == "own" else recipe
         for profile in ("quick", "small", "paper"):
             cfg = load_config(params_file, {"profile": profile}, recipe=recipe, method=method)
             if recipe:
-                assert cfg.train.recipe == recipe, f"{st.addressing}: every CIFAR row shares one recipe"
+                assert cfg.train.recipe == expected, f"{st.addressing}: every CIFAR row shares one recipe"
 
 
 def test_train_stages_output_metrics_and_history_uncached_and_resume():
@@ -183,6 +186,7 @@ def _micro_copy(dst: Path, cifar_cache: Path, imagenette: Path, chains: bool = T
         "cifar_teacher": "resnet18_teacher",  # the multi-stage chains, one method each: teacher -> step 1 -> step 2
         "cifar_distilled": ["react_resnet18_cifar"] if chains else [],
         "cifar_decoupled": ["binaryduo_resnet18_cifar"] if chains else [],  # coupled -> decoupled
+        "cifar_paper_methods": ["toy_binary_cifar"] if chains else [],  # its own recipe (`--recipe own`): "shared"
         "searches": [{"search": "search", "seed": 2, "retrain": "bnas_searched", "train_seed": 0}],
         "imagenet_source": [str(imagenette)],  # the opt-in ImageNet path, on the real Imagenette subset
         "imagenet_methods": ["bnas_d"],
@@ -199,7 +203,9 @@ def _micro_copy(dst: Path, cifar_cache: Path, imagenette: Path, chains: bool = T
     shutil.copytree(cifar_cache, dst / "data" / "cifar10", ignore=shutil.ignore_patterns("raw"))
 
 
+# the multi-stage rows, each with the pipeline's recipe and its own (@paper), and the toy's own-recipe row
 MULTI_STAGE_ROWS = {"react_resnet18_cifar", "binaryduo_resnet18_cifar"}
+MULTI_STAGE_ROWS |= {f"{m}@paper" for m in MULTI_STAGE_ROWS} | {"toy_binary_cifar@paper"}
 
 
 # the multi-stage chains add 4 trainings (~90 s on 2 cores): that variant runs with `pytest -m slow`
@@ -236,12 +242,19 @@ def test_micro_profile_dvc_repro_end_to_end(cifar_cache, data_root, tmp_path, ch
     folders = {r["run_folder"] for r in rows}
     chain_rows = MULTI_STAGE_ROWS if chains else set()
     assert folders == {"bireal_resnet18_cifar", "toy_binary_cifar", "bnas_searched", ""} | chain_rows
-    for name in chain_rows:  # the final stage of each chain, initialised from its first stage
+    for name in chain_rows - {"toy_binary_cifar@paper"}:  # the final stage of each chain, from its first stage
         saved = yaml.safe_load((repo / "runs" / "cifar10" / name / "seed0" / "config.yaml").read_text())["train"]
         assert saved["init_from"].startswith("runs/cifar10/stages/"), saved["init_from"]
+        assert saved["init_from"].split("/")[3].endswith("@paper") == name.endswith("@paper"), saved["init_from"]
+        method = name.removesuffix("@paper")
+        own = yaml.safe_load((repo / "pipelines" / "params.yaml").read_text())["methods"][method]["recipe"]
+        assert saved["recipe"] == (own if name.endswith("@paper") else "shared"), (name, saved["recipe"])
     if chains:
         react = yaml.safe_load((repo / "runs/cifar10/react_resnet18_cifar/seed0/config.yaml").read_text())["train"]
         assert react["teacher_weights"] == "runs/cifar10/stages/resnet18_teacher/seed0/model.pt"
+        labels = {r["run_folder"]: r["method"] for r in rows}
+        assert labels["toy_binary_cifar@paper"] == "Toy-Net (toy_binary_cifar), own recipe shared"
+        assert labels["react_resnet18_cifar@paper"].endswith("own recipe react_resnet18_paper_step2")
     (toy,) = [r for r in rows if r["run_folder"] == "toy_binary_cifar"]  # described by its family file alone
     assert toy["method"] == "Toy-Net (toy_binary_cifar)" and toy["scheme"] == "Sign (toy)", toy
     profile = run("bnas", "profile", "toy_binary_cifar")
@@ -268,8 +281,9 @@ def test_micro_profile_dvc_repro_end_to_end(cifar_cache, data_root, tmp_path, ch
     parents = [r for r in runs if r.data.tags.get("bnas.role") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    # search, retrain, bireal, toy, the teacher; with the chains also ReAct steps 1-2, BinaryDuo coupled, decoupled
-    assert len(children) == (9 if chains else 5)
+    # search, retrain, bireal, toy, the teacher; with the chains also ReAct steps 1-2 and BinaryDuo coupled and
+    # decoupled, each with both recipes, and the toy's own-recipe row
+    assert len(children) == (14 if chains else 5)
     assert "bireal_resnet18_cifar/top1_mean" in parents[0].data.metrics
     iexp = client.get_experiment_by_name("bnas-imagenet")  # the ImageNet runs nest under their experiment's parent
     iruns = client.search_runs([iexp.experiment_id])
@@ -302,8 +316,8 @@ def test_small_profile_has_three_seeds_of_every_row_and_every_search():
         )
     stages = [st for st in _stages() if st.path_in_repo.startswith("pipelines/small/")]
     assert {st.addressing.split(":")[-1].split("@")[0] for st in stages} == {
-        "search", "derive", "retrain", "train", "teacher", "distil_step1", "distil_step2", "couple", "decouple",
-        "tables", "figures",
+        "search", "derive", "retrain", "train", "train_paper", "teacher", "distil_step1", "distil_step2", "couple",
+        "decouple", "tables", "figures",
     }  # fmt: skip
     for st in stages:
         argv = shlex.split(st.cmd)

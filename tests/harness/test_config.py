@@ -274,3 +274,26 @@ def test_an_explicit_recipe_keeps_its_values_over_a_method_entry(tmp_path):
     other = load_config(p, recipe="b", method="m").train
     assert (other.lr, other.opt, other.recipe, other.model, other.epochs) == (0.001, "adam", "b", "bnas_a", 2)
     assert other.model_kwargs == {"weight_binary": False, "layers": 5}
+
+
+def test_recipe_own_is_the_methods_own_recipe_by_name(tmp_path):
+    """`--recipe own` (the pipeline's paper-recipe stages) resolves exactly as the method alone would, and says so
+    in train.recipe; a method without a recipe, no method, or a recipe named `own` is one clear error."""
+    p = tmp_path / "params.yaml"
+    p.write_text(
+        "profile: quick\n"
+        "recipes: {a: {lr: 0.05}, b: {lr: 0.001, opt: adam}}\n"
+        "profiles: {quick: {train: {epochs: 2}}}\n"
+        "methods: {m: {recipe: a, train: {model: bnas_a}, profiles: {quick: {train: {lr: 0.01}}}},\n"
+        "   bare: {train: {model: bnas_a}}}\n"
+    )
+    own = load_config(p, recipe="own", method="m").train
+    assert own == load_config(p, method="m").train
+    assert (own.recipe, own.lr, own.opt) == ("a", 0.01, "momentum")
+    with pytest.raises(ConfigError, match="method 'bare' has no recipe"):
+        load_config(p, recipe="own", method="bare")
+    with pytest.raises(ConfigError, match="needs a --method"):
+        load_config(p, recipe="own")
+    p.write_text("recipes: {own: {lr: 0.05}}\n")
+    with pytest.raises(ConfigError, match="recipes.own: 'own' is reserved"):
+        load_config(p)

@@ -126,3 +126,25 @@ def test_tables_missing_reference_is_one_clear_error(tmp_path):
     )
     assert res.exit_code != 0 and "nope.yaml: reference numbers file not found" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_own_recipe_rows_are_labelled_with_their_recipe(tmp_path):
+    """A `<method>@paper` folder (the pipeline's `--recipe own` stages) is its own row, named with the recipe it trained
+    with, beside the shared-recipe row of the same method; the note saying what such a row is appears with it."""
+    for folder, recipe in (("abcnet_resnet18_cifar", "shared"), ("abcnet_resnet18_cifar@paper", "abcnet_paper")):
+        for seed, top1 in enumerate((40.0, 42.0)):
+            d = tmp_path / "runs" / "cifar10" / folder / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "metrics.json").write_text(json.dumps({"val/top1": top1 + (recipe == "shared"), "params": 1e6}))
+            train = {"model": "abcnet_resnet18_cifar", "seed": seed, "recipe": recipe}
+            (d / "config.yaml").write_text(yaml.safe_dump({"train": train}))
+    out = tmp_path / "out"
+    args = ["tables", "--runs", str(tmp_path / "runs"), "--reference", str(ROOT / "results" / "reference.yaml")]
+    res = CliRunner().invoke(cli, [*args, "--out", str(out), "--profile", "quick"])
+    assert res.exit_code == 0, res.output
+    rows = {r["run_folder"]: r for r in _rows(out / "cifar10.csv")}
+    assert rows["abcnet_resnet18_cifar@paper"]["method"] == "ABC-Net (abcnet_resnet18_cifar), own recipe abcnet_paper"
+    assert rows["abcnet_resnet18_cifar"]["method"] == "ABC-Net (abcnet_resnet18_cifar)"
+    assert float(rows["abcnet_resnet18_cifar@paper"]["top1_mean"]) == pytest.approx(41.0)
+    assert float(rows["abcnet_resnet18_cifar"]["top1_mean"]) == pytest.approx(42.0)
+    assert "'own recipe NAME'" in (out / "cifar10.md").read_text()
