@@ -128,6 +128,12 @@ def log_committed_runs(tracker: Any, parent_id: str, runs_root: str | Path, data
     return new
 
 
+def metric_prefix(folder: str) -> str:
+    """A run folder's name as an MLflow metric prefix: MLflow refuses '@' in metric names, so the own-recipe rows'
+    `<method>@paper` is logged as `<method>:paper`."""
+    return folder.replace("@", ":")
+
+
 def finish_pipeline_run(
     runs_root: str | Path, results: str | Path, figures: list[Path], profile: str, experiment_prefix: str = "bnas"
 ) -> str | None:
@@ -150,8 +156,9 @@ def finish_pipeline_run(
         log_committed_runs(tracker, run_id, runs_root, dataset, profile)
         tracker.run_id = run_id
         metrics: dict[str, float] = {}
-        for name, r in runs.items():
+        for folder, r in runs.items():
             s = summarize(r.top1)
+            name = metric_prefix(folder)
             metrics[f"{name}/top1_mean"] = s.mean
             metrics[f"{name}/n_seeds"] = float(s.n)
             if s.n > 1:

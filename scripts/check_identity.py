@@ -2,7 +2,8 @@
 without perf/*, history.csv without perf/* columns, every genotype and alphas JSON) in the working tree against the
 same files at a git revision. Renamed history columns are mapped (RENAMED).
 
-Usage, after `dvc repro` on the refactored code (exit 1 and one DIFF line per difference when they differ):
+Usage, after `dvc repro` on the refactored code (exit 1 and one DIFF line per difference when they differ; files that
+did not exist at REVISION, e.g. the runs of new rows, are listed as NEW and not compared):
 
     python scripts/check_identity.py REVISION [runs/cifar10]
 """
@@ -20,13 +21,13 @@ def old(path):
 def rows(text):
     return list(csv.DictReader(io.StringIO(text)))
 
-bad, n_files, n_values = [], 0, 0
+bad, new, n_files, n_values = [], [], 0, 0
 for f in sorted(ROOT.rglob("*")):
     if not f.is_file() or f.suffix not in (".json", ".csv") :
         continue
     before = old(f.as_posix())
     if before is None:
-        bad.append(f"{f}: new file"); continue
+        new.append(str(f)); continue
     n_files += 1
     if f.suffix == ".csv":
         a, b = rows(before), rows(f.read_text())
@@ -49,7 +50,9 @@ for f in sorted(ROOT.rglob("*")):
         if a != b:
             keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)) if isinstance(a, dict) else ["*"]
             bad.append(f"{f}: differs in {keys[:8]}")
-print(f"{n_files} files, {n_values} values compared against {REV}")
+print(f"{n_files} files, {n_values} values compared against {REV}; {len(new)} new files not compared")
+for line in new:
+    print("NEW", line)
 for line in bad:
     print("DIFF", line)
 sys.exit(1 if bad else 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import shlex
 import sys
 from collections import Counter
@@ -18,12 +19,14 @@ from harness.config import Config, config_to_dict, flatten
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _stages() -> list:
-    """The stages exactly as DVC resolves them (foreach and matrix expanded)."""
+@functools.cache
+def _stages() -> tuple:
+    """The stages exactly as DVC resolves them (foreach and matrix expanded); resolved once for all the tests here
+    (none of them changes the repository's dvc.yaml files)."""
     from dvc.repo import Repo
 
     with Repo(str(REPO)) as repo:
-        return list(repo.index.stages)
+        return tuple(repo.index.stages)
 
 
 def _params(stage) -> list[str]:

@@ -57,3 +57,13 @@ def test_skipped_runs_are_logged_from_their_files_once(tmp_path, mlflow_uri):
     trained = by_name["bnas_a-seed1"]
     assert trained.data.metrics["val/top1"] > 20 and trained.data.params["train.seed"] == "1"
     assert "bnas_a/top1_mean" in client.get_run(parent).data.metrics
+
+
+def test_own_recipe_folders_reach_the_parent_run_under_a_name_mlflow_accepts(tmp_path, mlflow_uri):
+    """`<method>@paper` (the own-recipe rows): MLflow refuses '@' in a metric name, so the parent run's aggregate is
+    `<method>:paper/top1_mean`."""
+    root = _runs(tmp_path)
+    shutil.copytree(root / "cifar10" / "bnas_a" / "seed1", root / "cifar10" / "bnas_a@paper" / "seed1")
+    parent = finish_pipeline_run(root, tmp_path, [], "quick")
+    metrics = MlflowClient(mlflow_uri).get_run(parent).data.metrics
+    assert metrics["bnas_a:paper/n_seeds"] == 1 and "bnas_a/top1_mean" in metrics
