@@ -255,12 +255,12 @@ def test_micro_profile_dvc_repro_end_to_end(cifar_cache, data_root, tmp_path, ch
     folders = {r["run_folder"] for r in rows}
     chain_rows = MULTI_STAGE_ROWS if chains else set()
     assert folders == {"bireal_resnet18_cifar", "toy_binary_cifar", "bnas_searched", ""} | chain_rows
+    methods = yaml.safe_load((repo / "pipelines" / "params.yaml").read_text())["methods"]
     for name in chain_rows - {"toy_binary_cifar@paper"}:  # the final stage of each chain, from its first stage
         saved = yaml.safe_load((repo / "runs" / "cifar10" / name / "seed0" / "config.yaml").read_text())["train"]
         assert saved["init_from"].startswith("runs/cifar10/stages/"), saved["init_from"]
         assert saved["init_from"].split("/")[3].endswith("@paper") == name.endswith("@paper"), saved["init_from"]
-        method = name.removesuffix("@paper")
-        own = yaml.safe_load((repo / "pipelines" / "params.yaml").read_text())["methods"][method]["recipe"]
+        own = methods[name.removesuffix("@paper")]["recipe"]
         assert saved["recipe"] == (own if name.endswith("@paper") else "shared"), (name, saved["recipe"])
     if chains:
         react = yaml.safe_load((repo / "runs/cifar10/react_resnet18_cifar/seed0/config.yaml").read_text())["train"]
