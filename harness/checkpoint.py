@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from collections.abc import Collection
@@ -15,6 +16,7 @@ from harness.errors import CheckpointError
 from harness.io import atomic_path
 
 __all__ = [
+    "save_tensors",
     "save_checkpoint",
     "load_checkpoint",
     "load_tensors",
@@ -72,10 +74,20 @@ def load_tensors(path: str | Path, *, what: str, map_location: str | torch.devic
         raise CheckpointError(f"{path}: {torch_load_reason(e)}; expected {what}") from None
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write `state` with torch.save to `path` atomically: a kill mid-write leaves the previous checkpoint intact."""
+def save_tensors(obj: Any, path: str | Path) -> None:
+    """Write `obj` with torch.save to `path` atomically: a kill mid-write leaves the previous file intact. The same
+    tensors give the same bytes: torch.save is handed an open file, since given a path it names the archive's inner
+    folder after the (random) temporary file name."""
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write a training or search checkpoint `state` to `path` atomically (:func:`save_tensors`)."""
+    save_tensors(state, path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

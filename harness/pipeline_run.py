@@ -90,16 +90,21 @@ def _numbers(row: Mapping[str, Any]) -> dict[str, float]:
 
 def log_committed_runs(tracker: Any, parent_id: str, runs_root: str | Path, dataset: str, profile: str) -> list[str]:
     """Log as children of `parent_id` the finished run folders of `runs_root/dataset` that have no child run there
-    yet (same bnas.method, bnas.seed and stage kind): the runs DVC skipped. Returns the new run ids."""
+    yet (one tagged with the same bnas.run_dir): the runs DVC skipped. Returns the new run ids."""
+    children = tracker.children(parent_id)
+    have_dirs = {str(Path(t["bnas.run_dir"]).resolve()) for t in children if t.get("bnas.run_dir")}
+    # a child without bnas.run_dir (made before the tag existed) is matched by method, seed and stage kind
     have = {
-        (t.get("bnas.method"), t.get("bnas.seed"), t.get("bnas.stage") == "search") for t in tracker.children(parent_id)
+        (t.get("bnas.method"), t.get("bnas.seed"), t.get("bnas.stage") == "search")
+        for t in children
+        if not t.get("bnas.run_dir")
     }
     new = []
     for folder, seed, path in run_folders(runs_root, dataset):
         search = folder.startswith("search")
         metrics, cfg, history = _read_folder(path)
         seed = int((cfg.get("search" if search else "train") or {}).get("seed", seed))
-        if (folder, str(seed), search) in have:
+        if str(path.resolve()) in have_dirs or (folder, str(seed), search) in have:
             continue
         points: list[tuple[str, float, int]] = []
         for step, h in history.items():
@@ -115,7 +120,7 @@ def log_committed_runs(tracker: Any, parent_id: str, runs_root: str | Path, data
             "bnas.profile": profile,
             "bnas.stage": "search" if search else "train",
             "bnas.logged_from": "files",
-            "bnas.run_dir": str(path),
+            "bnas.run_dir": str(path.resolve()),
             "mlflow.note.content": f"Logged from the committed files of {path}: DVC did not re-run this stage.",
         }
         artifacts = [path / name for name in ARTIFACTS if (path / name).is_file()]

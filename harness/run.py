@@ -182,7 +182,9 @@ class RunLifecycle:
         self.checkpoint_path = self.out / "checkpoint.pt"
         self.config = config_to_dict(cfg)
         self.digest = code_digest()
-        self.experiment, self.run_name, self.tags = experiment, run_name, dict(tags)
+        # bnas.run_dir: the folder, which the pipeline's parent run matches its committed folders against
+        self.experiment, self.run_name = experiment, run_name
+        self.tags = {**dict(tags), "bnas.run_dir": str(self.out.resolve())}
         self.tracker = tracker if (tracker is not None and rt.is_main) else NullTracker()
         self.run_id: str | None = None
         self.history: list[dict[str, Any]] = []

@@ -18,7 +18,7 @@ import torch
 from timm.utils import distribute_bn
 from torch import nn
 
-from harness.checkpoint import load_state, load_tensors, rng_state, set_rng_state
+from harness.checkpoint import load_state, load_tensors, rng_state, save_tensors, set_rng_state
 from harness.config import Config, load_config
 from harness.costs import profile_model
 from harness.data import build_loaders
@@ -39,7 +39,7 @@ from harness.engine import (
     validate,
 )
 from harness.errors import CheckpointError, ConfigError
-from harness.io import atomic_path, atomic_write_json
+from harness.io import atomic_write_json
 from harness.models import count_params, create_model
 from harness.run import PERF_PREFIX, RunLifecycle, make_tracker, numeric, peak_memory_mb, run_tags
 from methods.binary import BinaryConv2d
@@ -277,8 +277,7 @@ def fit(
         run.write_history()  # a resume of a finished run (its outputs removed, e.g. by DVC) writes them all again
         metrics = _final_metrics(run.history, {**_run_facts(model, tc, rt), **(extra_metrics or {})})
         if rt.is_main:
-            with atomic_path(Path(out) / "model.pt") as tmp:
-                torch.save(unwrap(model).state_dict(), tmp)
+            save_tensors(unwrap(model).state_dict(), Path(out) / "model.pt")
         run.finish(metrics, ("config.yaml", "metrics.json", "history.csv"))
         return metrics
 

@@ -7,33 +7,43 @@ did not exist at REVISION, e.g. the runs of new rows, are listed as NEW and not 
 
     python scripts/check_identity.py REVISION [runs/cifar10]
 """
-import csv, io, json, subprocess, sys
+
+import csv
+import io
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 REV = sys.argv[1]
 ROOT = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("runs/cifar10")
 RENAMED = {"search/val_loss": "search/arch_loss", "search/val_top1": "search/arch_top1"}  # per-epoch history columns
 
+
 def old(path):
     r = subprocess.run(["git", "show", f"{REV}:{path}"], capture_output=True, text=True)
     return r.stdout if r.returncode == 0 else None
 
+
 def rows(text):
     return list(csv.DictReader(io.StringIO(text)))
 
+
 bad, new, n_files, n_values = [], [], 0, 0
 for f in sorted(ROOT.rglob("*")):
-    if not f.is_file() or f.suffix not in (".json", ".csv") :
+    if not f.is_file() or f.suffix not in (".json", ".csv"):
         continue
     before = old(f.as_posix())
     if before is None:
-        new.append(str(f)); continue
+        new.append(str(f))
+        continue
     n_files += 1
     if f.suffix == ".csv":
         a, b = rows(before), rows(f.read_text())
         if len(a) != len(b):
-            bad.append(f"{f}: {len(a)} rows -> {len(b)}"); continue
-        for i, (ra, rb) in enumerate(zip(a, b)):
+            bad.append(f"{f}: {len(a)} rows -> {len(b)}")
+            continue
+        for i, (ra, rb) in enumerate(zip(a, b, strict=True)):
             ra = {RENAMED.get(k, k): v for k, v in ra.items()}
             for k in set(ra) | set(rb):
                 if k.startswith("perf/"):

@@ -212,17 +212,7 @@ MULTI_STAGE_ROWS |= {f"{m}@paper" for m in MULTI_STAGE_ROWS} | {"toy_binary_cifa
 
 
 # the multi-stage chains add 4 trainings (~90 s on 2 cores): that variant runs with `pytest -m slow`
-CHAINS_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the MLflow parent logs the own-recipe folders (<method>@paper) a second time from their files, "
-    "because harness/pipeline_run.py matches a folder to the stage's own child run by bnas.method, which is the "
-    "method without '@paper' (17 children, not 14). Fix: tag each run with its folder and match on that.",
-)
-
-
-@pytest.mark.parametrize(
-    "chains", [False, pytest.param(True, marks=[pytest.mark.slow, CHAINS_XFAIL])], ids=["rows", "chains"]
-)
+@pytest.mark.parametrize("chains", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["rows", "chains"])
 def test_micro_profile_dvc_repro_end_to_end(cifar_cache, data_root, tmp_path, chains):
     """`dvc repro` in a copy of the repository on real CIFAR-10: tables and figures appear, the MLflow parent run is
     finished, a second repro does nothing, and a changed param makes only its stage stale."""

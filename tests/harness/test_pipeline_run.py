@@ -67,3 +67,26 @@ def test_own_recipe_folders_reach_the_parent_run_under_a_name_mlflow_accepts(tmp
     parent = finish_pipeline_run(root, tmp_path, [], "quick")
     metrics = MlflowClient(mlflow_uri).get_run(parent).data.metrics
     assert metrics["bnas_a:paper/n_seeds"] == 1 and "bnas_a/top1_mean" in metrics
+
+
+def test_a_folder_is_matched_to_its_stage_run_by_folder_not_by_method(tmp_path, mlflow_uri):
+    """The stage of `bnas_a@paper/seed1` tags its run bnas.method=bnas_a (the method) and bnas.run_dir=the folder: the
+    parent logs that folder no second time, and still logs `bnas_a/seed1`, which no stage of this pipeline run ran."""
+    root = _runs(tmp_path)
+    own = root / "cifar10" / "bnas_a@paper" / "seed1"
+    shutil.copytree(root / "cifar10" / "bnas_a" / "seed1", own)
+    tracker = Tracker()
+    parent = tracker.pipeline_parent("bnas-cifar10", "quick")
+    client = MlflowClient(mlflow_uri)
+    exp_id = client.get_run(parent).info.experiment_id
+    tags = {"mlflow.parentRunId": parent, "bnas.method": "bnas_a", "bnas.seed": "1", "bnas.stage": "train"}
+    client.create_run(exp_id, run_name="bnas_a-seed1", tags={**tags, "bnas.run_dir": str(own.resolve())})
+    finish_pipeline_run(root, tmp_path, [], "quick")
+    children = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    dirs = sorted(Path(r.data.tags["bnas.run_dir"]).relative_to(root.resolve()).as_posix() for r in children)
+    assert dirs == [
+        "cifar10/bnas_a/seed0",
+        "cifar10/bnas_a/seed1",
+        "cifar10/bnas_a@paper/seed1",
+        "cifar10/search/seed2",
+    ]
