@@ -46,12 +46,6 @@ def test_every_shared_recipe_row_is_in_the_committed_table_and_learns(profile, f
     _check(folder, {r for r in rows if not r.endswith("@paper")}, seeds)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="at the quick profile the own-recipe rows still take the methods' `profiles.quick` lr 0.01 (written for "
-    "BNAS's one-cycle recipe): ABC-Net's and CBCN's SGD then runs at a tenth of its recipe's 0.1, flips ~1e-5 of the "
-    "signs per step (Adam: ~1e-3), and ABC-Net's seeds reach 18-19.5% top-1. Fix: drop those overrides, re-run.",
-)
 @pytest.mark.parametrize("profile, folder", [("quick", "results/quick")])
 def test_every_own_recipe_row_is_in_the_committed_table_and_learns(profile, folder):
     rows, seeds = _pipeline_rows(profile)
