@@ -105,6 +105,9 @@ class TrainConfig:
     teacher_weights: str = ""  # the teacher's weights: the model.pt of a finished `bnas train` run, or "pretrained"
     teacher_kwargs: dict[str, Any] = field(default_factory=dict)  # the teacher's model arguments (as its run had)
     distill_weight: float = 1.0  # share of the distillation loss (1: distillation only, as ReActNet); the rest: labels
+    center_loss: float = 0.0  # weight of the center loss on the classifier's input (Wen et al. 2016; CBCN's
+    # fine-tune, PCNN's L_C); 0 = off
+    center_lr: float = 0.5  # the centres' update rate alpha (Wen et al.'s eq. 4; their default 0.5)
     official_lr_offset: bool = False  # release (ReActNet): per-epoch schedule stepped before each epoch, so epoch e
     # trains at the value of epoch e + 1 and the last epoch at lr 0 (with sched linear: docs/recipes.md)
     recipe: str = ""  # name of the recipe (params group `recipes`) applied to this run; set by --recipe
@@ -331,6 +334,8 @@ RANGES: dict[str, dict[str, _Range]] = {
         "nproc_per_node": _POSITIVE,
         "recipe_batch_size": _NON_NEGATIVE,
         "distill_weight": _Range(0, 1, lo_open=True, hi_open=False),
+        "center_loss": _NON_NEGATIVE,
+        "center_lr": _Range(0, 1, lo_open=True, hi_open=False),
         "decay_rate": _OPEN_FRACTION,
     },
     "SearchConfig": {

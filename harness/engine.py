@@ -57,11 +57,11 @@ __all__ = [
 class Hook:
     """Callbacks around the training step; every method is a no-op by default.
 
-    Order within a step: `before_forward` -> forward/backward -> (unscale, clip) -> `after_backward` -> optimizer step
-    -> `after_step`. So the clip sees the gradients before whatever `after_backward` does to them (a hook-side
-    rescale happens after the clip, as in the BNAS release); a rescale inside autograd (the XNOR quantizers'
-    "xnor_rescale") is undone for the norm by :func:`clip_grad_norm_release_order`. `on_epoch_start` runs before each
-    epoch, `on_epoch_end` after its checkpoint.
+    Order within a step: `before_forward` -> forward, loss (plus each hook's `loss` term), backward -> (unscale,
+    clip) -> `after_backward` -> optimizer step -> `after_step`. So the clip sees the gradients before whatever
+    `after_backward` does to them (a hook-side rescale happens after the clip, as in the BNAS release); a rescale
+    inside autograd (the XNOR quantizers' "xnor_rescale") is undone for the norm by
+    :func:`clip_grad_norm_release_order`. `on_epoch_start` runs before each epoch, `on_epoch_end` after its checkpoint.
     """
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
@@ -69,6 +69,10 @@ class Hook:
 
     def before_forward(self, model: nn.Module) -> None:
         """Called before each training forward pass (e.g. binarise latent weights)."""
+
+    def loss(self, model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        """A term added to the training loss of the batch (after the forward, inside its autocast), or None."""
+        return None
 
     def after_backward(self, model: nn.Module) -> None:
         """Called after the backward pass and the clip, before the optimizer step (e.g. restore latent weights,
@@ -448,6 +452,10 @@ def train_one_epoch(
         with autocast(cfg, dev):
             logits = model(x)
             loss = loss_fn(logits, y, x)
+            for h in hooks:
+                term = h.loss(inner, logits, y)
+                if term is not None:
+                    loss = loss + term
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

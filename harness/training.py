@@ -39,6 +39,7 @@ from harness.engine import (
     validate,
 )
 from harness.errors import CheckpointError, ConfigError
+from harness.feature_losses import CenterLossHook
 from harness.io import atomic_write_json
 from harness.models import count_params, create_model
 from harness.run import PERF_PREFIX, RunLifecycle, make_tracker, numeric, peak_memory_mb, run_tags
@@ -104,9 +105,9 @@ def _place(model: nn.Module, tc: Any, rt: Runtime) -> nn.Module:
     return model
 
 
-def _run_hooks(model: nn.Module, tc: Any, hooks: Sequence[Hook]) -> list[Hook]:
+def _run_hooks(model: nn.Module, tc: Any, hooks: Sequence[Hook], rt: Runtime) -> list[Hook]:
     """The caller's hooks, then those the config and the model ask for: drop-path schedule, weight clipping of the
-    binary layers that declare it, binary statistics."""
+    binary layers that declare it, binary statistics, the center loss."""
     out = list(hooks)
     if tc.drop_path > 0:
         out.append(DropPathSchedule(tc.drop_path))
@@ -117,6 +118,8 @@ def _run_hooks(model: nn.Module, tc: Any, hooks: Sequence[Hook]) -> list[Hook]:
         stats = BinaryStats(model)
         if stats.stats:
             out.append(stats)
+    if tc.center_loss > 0:
+        out.append(CenterLossHook(unwrap(model), tc.num_classes, tc.center_loss, tc.center_lr, rt))
     return out
 
 
@@ -143,6 +146,18 @@ class _Optimisation:
         }
 
 
+def _hook_keys(hooks: Sequence[Hook]) -> dict[str, Hook]:
+    """Each hook under its class name and its index among hooks of that class (`CenterLossHook.0`): a checkpoint's
+    hook states are matched by it, so a hook added or left out before another does not shift their states."""
+    keys: dict[str, Hook] = {}
+    seen: dict[str, int] = {}
+    for h in hooks:
+        name = type(h).__name__
+        keys[f"{name}.{seen.get(name, 0)}"] = h
+        seen[name] = seen.get(name, 0) + 1
+    return keys
+
+
 def _restore(
     state: dict[str, Any], model: nn.Module, opt: _Optimisation, hooks: Sequence[Hook], rt: Runtime, path: Path
 ) -> int:
@@ -157,8 +172,10 @@ def _restore(
         opt.scheduler.load_state_dict(state["scheduler"])
         if opt.scaler is not None and state.get("scaler"):
             opt.scaler.load_state_dict(state["scaler"])
-        for h, hs in zip(hooks, state.get("hooks", []), strict=False):
-            h.load_state_dict(hs)
+        saved = state.get("hooks", {})
+        for key, h in _hook_keys(hooks).items():
+            if key in saved:
+                h.load_state_dict(saved[key])
         rngs = state.get("rng", [])
         if len(rngs) == rt.world_size:
             set_rng_state(rngs[rt.rank])
@@ -216,7 +233,7 @@ def _checkpoint_state(
     return {
         "model": unwrap(model).state_dict(),
         **opt.state_dict(),
-        "hooks": [h.state_dict() for h in hooks],
+        "hooks": {key: h.state_dict() for key, h in _hook_keys(hooks).items()},
         "rng": rngs,
         "global_step": global_step,
     }
@@ -249,7 +266,7 @@ def fit(
     """
     tc = cfg.train
     model = _place(model, tc, rt)
-    hooks = _run_hooks(model, tc, hooks)
+    hooks = _run_hooks(model, tc, hooks, rt)
     opt = _Optimisation.build(tc, model, len(train_loader), rt)
     loss_fn = build_loss(tc, None if teacher is None else _place(teacher, tc, rt))
     run = RunLifecycle(cfg, out, rt, experiment=experiment, run_name=run_name, tags=tags or {}, tracker=tracker)

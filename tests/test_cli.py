@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from _helpers import wait_until_serving
 from click.testing import CliRunner
 
@@ -338,6 +340,43 @@ def test_two_stage_recipe_binary_activations_then_binary_weights(cifar_cache, tm
     assert res.exit_code != 0 and "none.pt" in res.output
 
 
+def test_cbcn_center_loss_fine_tune_starts_from_the_cross_entropy_model(cifar_cache, tmp_path):
+    """CBCN's optional second stage (recipe cbcn_paper_center): the repository's method entries, tiny, on real
+    CIFAR-10; the fine-tune logs its center loss per epoch and records where it started."""
+    tiny = [
+        "-S",
+        "data.train_subset=64",
+        "-S",
+        "data.test_subset=64",
+        "-S",
+        "train.epochs=2",
+        "-S",
+        "train.batch_size=32",
+    ]
+    tiny += [
+        "-S",
+        "train.model_kwargs.widths=[8, 16, 32, 64]",
+        "-S",
+        "tracking.enabled=false",
+        "-S",
+        "train.device=cpu",
+    ]
+    runner = CliRunner()
+    s1, s2 = tmp_path / "ce", tmp_path / "center"
+    base = ["train", "--params", PARAMS, "--data", str(cifar_cache), *tiny]
+    res = runner.invoke(cli, [*base, "--method", "cbcn_resnet18_cifar", "--out", str(s1)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        cli, [*base, "--method", "cbcn_resnet18_cifar_center", "--out", str(s2), "--init-from", str(s1 / "model.pt")]
+    )
+    assert res.exit_code == 0, res.output
+    hist = list(csv.DictReader((s2 / "history.csv").read_text().splitlines()))
+    assert len(hist) == 2 and all(float(r["train/center_loss"]) > 0 for r in hist)
+    assert "train/center_loss" not in (s1 / "history.csv").read_text()
+    cfg = yaml.safe_load((s2 / "config.yaml").read_text())["train"]
+    assert (cfg["recipe"], cfg["center_loss"], cfg["init_from"]) == ("cbcn_paper_center", 0.01, str(s1 / "model.pt"))
+
+
 def test_derive_re_derives_a_genotype_from_saved_alphas(tmp_path):
     import torch
 
@@ -514,6 +553,8 @@ def test_an_unknown_method_lists_the_closest_names(cifar_cache, tmp_path):
         ("train.batch_size=-4", "train.batch_size"),
         ("train.lr=-1", "train.lr"),
         ("train.opt=adamw2", "train.opt"),
+        ("train.center_loss=-0.1", "train.center_loss"),
+        ("train.center_lr=0", "train.center_lr"),
     ],
 )
 def test_out_of_range_values_are_config_errors(tmp_path, setting, key):
