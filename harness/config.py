@@ -108,6 +108,8 @@ class TrainConfig:
     center_loss: float = 0.0  # weight of the center loss on the classifier's input (Wen et al. 2016; CBCN's
     # fine-tune, PCNN's L_C); 0 = off
     center_lr: float = 0.5  # the centres' update rate alpha (Wen et al.'s eq. 4; their default 0.5)
+    projection_loss: float = 0.0  # PCNN's projection loss weight lambda (Gu et al. 2019: 1e-4); 0 = off
+    projection_lr_scale: float = 1.0  # PCNN's projection matrices train at lr x this (their own lr, eta_2)
     official_lr_offset: bool = False  # release (ReActNet): per-epoch schedule stepped before each epoch, so epoch e
     # trains at the value of epoch e + 1 and the last epoch at lr 0 (with sched linear: docs/recipes.md)
     recipe: str = ""  # name of the recipe (params group `recipes`) applied to this run; set by --recipe
@@ -336,6 +338,8 @@ RANGES: dict[str, dict[str, _Range]] = {
         "distill_weight": _Range(0, 1, lo_open=True, hi_open=False),
         "center_loss": _NON_NEGATIVE,
         "center_lr": _Range(0, 1, lo_open=True, hi_open=False),
+        "projection_loss": _NON_NEGATIVE,
+        "projection_lr_scale": _POSITIVE,
         "decay_rate": _OPEN_FRACTION,
     },
     "SearchConfig": {

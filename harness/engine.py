@@ -32,6 +32,7 @@ from harness.config import TrainConfig
 from harness.distributed import Runtime, all_reduce_sum
 from harness.errors import ConfigError, NonFiniteLossError
 from methods.binary import BinaryWeightStats
+from methods.binary.projection import projection_params
 from methods.binary.quantizers import XnorWeight, schedule_xnor_prep, xnor_rescaled_weights
 
 __all__ = [
@@ -198,11 +199,17 @@ def check_optimizer(name: str) -> None:
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """timm's optimizer factory with the run's lr, momentum and weight decay."""
+    """timm's optimizer factory with the run's lr, momentum and weight decay. With `projection_lr_scale` != 1, PCNN's
+    projection matrices move to groups of their own at lr x that scale (their own lr, Gu et al. 2019); every
+    schedule scales each group from its own initial lr.
+
+    Raises:
+        ConfigError: `projection_lr_scale` != 1 for a model without projection matrices.
+    """
     kwargs: dict[str, Any] = {}
     if cfg.opt in ("momentum", "sgd", "nesterov", "rmsprop", "rmsproptf"):
         kwargs["momentum"] = cfg.momentum
-    return create_optimizer_v2(
+    optimizer = create_optimizer_v2(
         model,
         opt=cfg.opt,
         lr=cfg.lr,
@@ -210,6 +217,20 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
         filter_bias_and_bn=cfg.filter_bias_and_bn,
         **kwargs,
     )
+    if cfg.projection_lr_scale != 1.0:
+        own = {id(p) for p in projection_params(model)}
+        if not own:
+            raise ConfigError(
+                "train.projection_lr_scale: the model has no PCNN projection matrices (e.g. pcnn_resnet18)"
+            )
+        for group in list(optimizer.param_groups):
+            moved = [p for p in group["params"] if id(p) in own]
+            if moved:
+                group["params"] = [p for p in group["params"] if id(p) not in own]
+                rest = {k: v for k, v in group.items() if k != "params"}
+                optimizer.add_param_group({**rest, "params": moved, "lr": group["lr"] * cfg.projection_lr_scale})
+        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+    return optimizer
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> IterScheduler:
@@ -245,7 +266,7 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_
     if cfg.sched == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
-            max_lr=cfg.lr,
+            max_lr=[g["lr"] for g in optimizer.param_groups],  # each group's own (cfg.lr unless a group scales it)
             total_steps=max(total, 2),
             pct_start=cfg.onecycle_pct,
             anneal_strategy="linear",

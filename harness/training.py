@@ -41,6 +41,7 @@ from harness.engine import (
 from harness.errors import CheckpointError, ConfigError
 from harness.feature_losses import CenterLossHook
 from harness.io import atomic_write_json
+from harness.kernel_losses import ProjectionLossHook
 from harness.models import count_params, create_model
 from harness.run import PERF_PREFIX, RunLifecycle, make_tracker, numeric, peak_memory_mb, run_tags
 from methods.binary import BinaryConv2d
@@ -105,9 +106,11 @@ def _place(model: nn.Module, tc: Any, rt: Runtime) -> nn.Module:
     return model
 
 
-def _run_hooks(model: nn.Module, tc: Any, hooks: Sequence[Hook], rt: Runtime) -> list[Hook]:
+def _run_hooks(
+    model: nn.Module, tc: Any, hooks: Sequence[Hook], rt: Runtime, optimizer: torch.optim.Optimizer
+) -> list[Hook]:
     """The caller's hooks, then those the config and the model ask for: drop-path schedule, weight clipping of the
-    binary layers that declare it, binary statistics, the center loss."""
+    binary layers that declare it, binary statistics, the center loss, PCNN's projection loss."""
     out = list(hooks)
     if tc.drop_path > 0:
         out.append(DropPathSchedule(tc.drop_path))
@@ -120,6 +123,8 @@ def _run_hooks(model: nn.Module, tc: Any, hooks: Sequence[Hook], rt: Runtime) ->
             out.append(stats)
     if tc.center_loss > 0:
         out.append(CenterLossHook(unwrap(model), tc.num_classes, tc.center_loss, tc.center_lr, rt))
+    if tc.projection_loss > 0:
+        out.append(ProjectionLossHook(unwrap(model), tc.projection_loss, optimizer, rt))
     return out
 
 
@@ -266,8 +271,8 @@ def fit(
     """
     tc = cfg.train
     model = _place(model, tc, rt)
-    hooks = _run_hooks(model, tc, hooks, rt)
     opt = _Optimisation.build(tc, model, len(train_loader), rt)
+    hooks = _run_hooks(model, tc, hooks, rt, opt.optimizer)
     loss_fn = build_loss(tc, None if teacher is None else _place(teacher, tc, rt))
     run = RunLifecycle(cfg, out, rt, experiment=experiment, run_name=run_name, tags=tags or {}, tracker=tracker)
     start_epoch, global_step = 0, 0

@@ -119,7 +119,7 @@ IMAGENET_VARIANTS = [n for n in _our_models() if "_cifar" not in n]
 
 # the issue-18 families at 224 run with `pytest -m slow` (CBCN: 2.7e10 BOPs, ~10 s); each trains once, tiny, on
 # Imagenette below in the default suite
-NEWER = ("abcnet", "binaryduo", "cbcn", "react")
+NEWER = ("abcnet", "binaryduo", "cbcn", "react", "pcnn")
 
 
 @pytest.mark.parametrize(
@@ -143,8 +143,9 @@ BASELINES_CIFAR = {
     "cbcn_resnet18_cifar": {"widths": [32, 64, 128, 256]},
     "react_resnet18_cifar": SMALL,
     "reactnet_a_cifar": {"width_mult": 0.25},
+    "pcnn_resnet18_cifar": SMALL,
 }
-SLOW = ("xnornet", "cbcn", "abcnet", "react")  # -m slow; the others keep the suite near 10 minutes
+SLOW = ("xnornet", "cbcn", "abcnet", "react", "pcnn")  # -m slow; the others keep the suite near 10 minutes
 
 
 # the two XNOR variants (~40 s each on 2 cores) run with `pytest -m slow`: the suite stays under ~10 minutes
@@ -272,6 +273,7 @@ IMAGENET_SMOKE = {
     "cbcn_resnet18": {"widths": [16, 32, 64, 128]},
     "react_resnet18": {"widths": [8, 16, 32, 64]},
     "reactnet_a": {"width_mult": 0.125},
+    "pcnn_resnet18": {"widths": [8, 16, 32, 64]},
 }
 
 
