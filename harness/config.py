@@ -110,6 +110,10 @@ class TrainConfig:
     center_lr: float = 0.5  # the centres' update rate alpha (Wen et al.'s eq. 4; their default 0.5)
     projection_loss: float = 0.0  # PCNN's projection loss weight lambda (Gu et al. 2019: 1e-4); 0 = off
     projection_lr_scale: float = 1.0  # PCNN's projection matrices train at lr x this (their own lr, eta_2)
+    bayes_kernel_loss: float = 0.0  # BONN's Bayesian kernel loss weight lambda (Gu et al. 2019: 1e-4); 0 = off
+    bayes_kernel_prior: float = 1e-4  # its prior term's weight nu (UNVERIFIED)
+    bayes_feature_loss: float = 0.0  # BONN's Bayesian feature loss weight theta (1e-3); 0 = off; class statistics
+    # move at center_lr
     official_lr_offset: bool = False  # release (ReActNet): per-epoch schedule stepped before each epoch, so epoch e
     # trains at the value of epoch e + 1 and the last epoch at lr 0 (with sched linear: docs/recipes.md)
     recipe: str = ""  # name of the recipe (params group `recipes`) applied to this run; set by --recipe
@@ -340,6 +344,9 @@ RANGES: dict[str, dict[str, _Range]] = {
         "center_lr": _Range(0, 1, lo_open=True, hi_open=False),
         "projection_loss": _NON_NEGATIVE,
         "projection_lr_scale": _POSITIVE,
+        "bayes_kernel_loss": _NON_NEGATIVE,
+        "bayes_kernel_prior": _NON_NEGATIVE,
+        "bayes_feature_loss": _NON_NEGATIVE,
         "decay_rate": _OPEN_FRACTION,
     },
     "SearchConfig": {

@@ -1,5 +1,6 @@
 """Training hooks that add a loss on the penultimate features, the input of the model's classifier: the center loss
-(train.center_loss) of CBCN's fine-tune (Liu et al., CVPR 2019) and PCNN's L_C (Gu et al., AAAI 2019)."""
+(train.center_loss) of CBCN's fine-tune (Liu et al., CVPR 2019) and PCNN's L_C (Gu et al., AAAI 2019), and BONN's
+Bayesian feature loss (train.bayes_feature_loss; Gu et al., ICCV 2019)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from torch import nn
 from harness.distributed import Runtime, all_reduce_sum
 from harness.engine import Hook
 from harness.errors import ConfigError
-from methods.losses import CenterLoss
+from methods.losses import BayesFeatureLoss, CenterLoss
 
-__all__ = ["CenterLossHook"]
+__all__ = ["FeatureLossHook", "CenterLossHook", "BayesFeatureLossHook"]
 
 
 def classifier(model: nn.Module, key: str) -> nn.Linear:
@@ -32,16 +33,20 @@ def classifier(model: nn.Module, key: str) -> nn.Linear:
     return clf
 
 
-class CenterLossHook(Hook):
-    """Adds `weight` x L_C (:class:`methods.losses.CenterLoss`) on the classifier's input to the training loss, and
-    moves the class centres after each optimizer step by Wen et al.'s rule, with the sums of eq. 4 taken over all
-    processes (the global batch). The centres are kept in the checkpoint, so a resumed run continues with them; the
-    epoch's mean L_C (this process's batches) is logged as `train/center_loss`."""
+class FeatureLossHook(Hook):
+    """Adds `weight` x `criterion`(classifier input, labels) to the training loss, and moves the criterion's class
+    statistics after each optimizer step, with the sums of their update taken over all processes (the global batch).
+    The statistics are kept in the checkpoint, so a resumed run continues with them; the epoch's mean loss (this
+    process's batches) is logged as `metric`. `criterion` has `center_update(f, y)` (a tuple of sums) and
+    `apply_update(*sums)` (:mod:`methods.losses`)."""
 
-    def __init__(self, model: nn.Module, num_classes: int, weight: float, alpha: float, rt: Runtime) -> None:
-        clf = classifier(model, "train.center_loss")
+    key = "train.feature_loss"  # the setting that asks for it (in errors)
+    metric = "train/feature_loss"
+
+    def __init__(self, model: nn.Module, criterion: nn.Module, weight: float, rt: Runtime) -> None:
+        clf = classifier(model, self.key)
         self.weight, self.rt = weight, rt
-        self.criterion = CenterLoss(num_classes, clf.in_features, alpha).to(rt.device)
+        self.criterion = criterion.to(rt.device)
         self._features: torch.Tensor | None = None
         self._labels: torch.Tensor | None = None
         self._sum = torch.zeros((), dtype=torch.float64)
@@ -58,7 +63,9 @@ class CenterLossHook(Hook):
 
     def loss(self, model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self._features is None:
-            raise RuntimeError("CenterLossHook: the training forward did not pass through the model's classifier")
+            raise RuntimeError(
+                f"{type(self).__name__}: the training forward did not pass through the model's classifier"
+            )
         self._labels = labels
         lc = self.criterion(self._features, labels)
         self._sum += lc.detach().double().cpu()
@@ -68,17 +75,37 @@ class CenterLossHook(Hook):
     def after_step(self, model: nn.Module) -> None:
         if self._features is None or self._labels is None:
             return
-        diff, counts = self.criterion.center_update(self._features, self._labels)
-        self.criterion.apply_update(all_reduce_sum(diff, self.rt), all_reduce_sum(counts, self.rt))
+        crit: Any = self.criterion  # CenterLoss or BayesFeatureLoss (methods/losses.py)
+        sums = crit.center_update(self._features, self._labels)
+        crit.apply_update(*(all_reduce_sum(t, self.rt) for t in sums))
         self._features = self._labels = None
 
     def epoch_metrics(self) -> dict[str, float]:
-        return {"train/center_loss": float(self._sum) / self._n} if self._n else {}
+        return {self.metric: float(self._sum) / self._n} if self._n else {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"centers": self.criterion.centers.detach().cpu().clone()}
+        return {k: v.detach().cpu().clone() for k, v in self.criterion.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        centers = state.get("centers")
-        if centers is not None:
-            self.criterion.centers.copy_(centers)
+        if state:
+            self.criterion.load_state_dict(state)
+
+
+class CenterLossHook(FeatureLossHook):
+    """`weight` x Wen et al.'s center loss (:class:`methods.losses.CenterLoss`), logged as `train/center_loss`."""
+
+    key, metric = "train.center_loss", "train/center_loss"
+
+    def __init__(self, model: nn.Module, num_classes: int, weight: float, alpha: float, rt: Runtime) -> None:
+        super().__init__(model, CenterLoss(num_classes, classifier(model, self.key).in_features, alpha), weight, rt)
+
+
+class BayesFeatureLossHook(FeatureLossHook):
+    """`weight` (theta) x BONN's Bayesian feature loss (:class:`methods.losses.BayesFeatureLoss`), logged as
+    `train/bayes_feature_loss`."""
+
+    key, metric = "train.bayes_feature_loss", "train/bayes_feature_loss"
+
+    def __init__(self, model: nn.Module, num_classes: int, weight: float, alpha: float, rt: Runtime) -> None:
+        features = classifier(model, self.key).in_features
+        super().__init__(model, BayesFeatureLoss(num_classes, features, alpha), weight, rt)

@@ -1,5 +1,6 @@
 """Training hooks for losses on the binary layers' kernels: PCNN's projection loss (train.projection_loss; Gu et al.,
-AAAI 2019), applied through its closed-form gradients after the label loss's backward pass."""
+AAAI 2019), applied through its closed-form gradients after the label loss's backward pass, and BONN's Bayesian kernel
+loss (train.bayes_kernel_loss; Gu et al., ICCV 2019), a term of the training loss."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from harness.distributed import Runtime, all_reduce_sum
 from harness.engine import Hook
 from harness.errors import ConfigError
 from methods.binary import BinaryConv2d
+from methods.binary.bayes import BayesWeight
 from methods.binary.projection import ProjectionWeight, projection_loss_grads
 
-__all__ = ["ProjectionLossHook"]
+__all__ = ["ProjectionLossHook", "BayesKernelLossHook"]
 
 
 def _projection_convs(model: nn.Module) -> list[BinaryConv2d]:
@@ -67,3 +69,37 @@ class ProjectionLossHook(Hook):
 
     def epoch_metrics(self) -> dict[str, float]:
         return {"train/projection_loss": self._sum / self._n} if self._n else {}
+
+
+class BayesKernelLossHook(Hook):
+    """Adds lambda/2 x the sum over BONN's binary convs of their Bayesian kernel loss (reconstruction plus nu x the
+    two-mode Gaussian prior: :meth:`methods.binary.bayes.BayesWeight.kernel_loss`) to the training loss; its epoch
+    mean (with the factor lambda/2) is logged as `train/bayes_kernel_loss`."""
+
+    def __init__(self, model: nn.Module, lam: float, nu: float) -> None:
+        self.convs = [
+            m for m in model.modules() if isinstance(m, BinaryConv2d) and isinstance(m.weight_quantizer, BayesWeight)
+        ]
+        if not self.convs:
+            raise ConfigError(
+                f"train.bayes_kernel_loss: needs a model with BONN's Bayesian binary convs (e.g. bonn_resnet18); "
+                f"{type(model).__name__} has none"
+            )
+        self.lam, self.nu = lam, nu
+        self._sum, self._n = 0.0, 0
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
+        self._sum, self._n = 0.0, 0
+
+    def loss(self, model: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros((), device=logits.device)
+        for c in self.convs:
+            wq: Any = c.weight_quantizer
+            total = total + wq.kernel_loss(c.weight, self.nu)
+        term = 0.5 * self.lam * total
+        self._sum += float(term.detach())
+        self._n += 1
+        return term
+
+    def epoch_metrics(self) -> dict[str, float]:
+        return {"train/bayes_kernel_loss": self._sum / self._n} if self._n else {}

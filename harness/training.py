@@ -39,9 +39,9 @@ from harness.engine import (
     validate,
 )
 from harness.errors import CheckpointError, ConfigError
-from harness.feature_losses import CenterLossHook
+from harness.feature_losses import BayesFeatureLossHook, CenterLossHook
 from harness.io import atomic_write_json
-from harness.kernel_losses import ProjectionLossHook
+from harness.kernel_losses import BayesKernelLossHook, ProjectionLossHook
 from harness.models import count_params, create_model
 from harness.run import PERF_PREFIX, RunLifecycle, make_tracker, numeric, peak_memory_mb, run_tags
 from methods.binary import BinaryConv2d
@@ -110,7 +110,7 @@ def _run_hooks(
     model: nn.Module, tc: Any, hooks: Sequence[Hook], rt: Runtime, optimizer: torch.optim.Optimizer
 ) -> list[Hook]:
     """The caller's hooks, then those the config and the model ask for: drop-path schedule, weight clipping of the
-    binary layers that declare it, binary statistics, the center loss, PCNN's projection loss."""
+    binary layers that declare it, binary statistics, the center loss, PCNN's projection loss, BONN's losses."""
     out = list(hooks)
     if tc.drop_path > 0:
         out.append(DropPathSchedule(tc.drop_path))
@@ -125,6 +125,10 @@ def _run_hooks(
         out.append(CenterLossHook(unwrap(model), tc.num_classes, tc.center_loss, tc.center_lr, rt))
     if tc.projection_loss > 0:
         out.append(ProjectionLossHook(unwrap(model), tc.projection_loss, optimizer, rt))
+    if tc.bayes_kernel_loss > 0:
+        out.append(BayesKernelLossHook(unwrap(model), tc.bayes_kernel_loss, tc.bayes_kernel_prior))
+    if tc.bayes_feature_loss > 0:
+        out.append(BayesFeatureLossHook(unwrap(model), tc.num_classes, tc.bayes_feature_loss, tc.center_lr, rt))
     return out
 
 

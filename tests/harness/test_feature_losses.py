@@ -81,3 +81,23 @@ def test_a_model_without_a_linear_classifier_is_a_clear_error():
     model = timm.create_model("test_resnet", num_classes=0)  # its classifier is nn.Identity
     with pytest.raises(ConfigError, match=r"train.center_loss: needs a model whose get_classifier\(\) is a linear"):
         CenterLossHook(model, 10, 0.01, 0.5, CPU)
+
+
+def test_a_bonn_run_with_both_bayesian_losses_resumes_exactly(cifar_cache, tmp_path):
+    from _helpers import CrashAfter
+
+    cfg = tiny_config(
+        model="bonn_resnet18_cifar",
+        model_kwargs={"widths": [8, 16, 32, 64]},
+        epochs=2,
+        train_subset=128,
+        test_subset=64,
+        bayes_kernel_loss=1e-4,
+        bayes_feature_loss=1e-3,
+    )
+    full = run_train(cfg, cifar_cache, tmp_path / "full", progress=False)
+    assert full["train/bayes_feature_loss"] != 0 and full["train/bayes_kernel_loss"] > 0
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_train(cfg, cifar_cache, tmp_path / "cut", hooks=[CrashAfter(0)], progress=False)
+    resumed = run_train(cfg, cifar_cache, tmp_path / "cut", resume=True, progress=False)
+    assert strip_perf(resumed) == strip_perf(full)

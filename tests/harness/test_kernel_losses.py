@@ -93,3 +93,39 @@ def test_the_projection_loss_needs_a_pcnn_model():
     opt = build_optimizer(TrainConfig(), model)
     with pytest.raises(ConfigError, match="train.projection_loss: needs a model with PCNN projection convs"):
         ProjectionLossHook(model, 1e-4, opt, CPU)
+
+
+def test_the_bayes_kernel_loss_is_a_term_of_the_objective(cifar_cache):
+    from harness.kernel_losses import BayesKernelLossHook
+    from methods.binary.bayes import BayesWeight
+
+    ds = load_cifar10(cifar_cache)
+    x, y = next(iter(CifarLoader(ds.train_x[:32], ds.train_y[:32], 32, train=False)))
+    torch.manual_seed(0)
+    model = timm.create_model("bonn_resnet18_cifar", widths=[8, 16, 32, 64])
+    ref = copy.deepcopy(model)
+    lam, nu = 1e-2, 0.5
+    convs = [m for m in ref.modules() if isinstance(m, BinaryConv2d) and isinstance(m.weight_quantizer, BayesWeight)]
+    with torch.no_grad():
+        kl = sum(c.weight_quantizer.kernel_loss(c.weight, nu) for c in convs)
+        expected = nn.functional.cross_entropy(ref(x), y) + 0.5 * lam * kl
+    cfg = TrainConfig(lr=0.01, weight_decay=0.0, sched="constant", opt="momentum", channels_last=False)
+    opt = build_optimizer(cfg, model)
+    hook = BayesKernelLossHook(model, lam, nu)
+    hook.on_epoch_start(model, 0, 1)
+    row, _ = train_one_epoch(
+        model,
+        [(x, y)],
+        opt,
+        build_scheduler(cfg, opt, 1),
+        TrainLoss(nn.CrossEntropyLoss()),
+        cfg,
+        CPU,
+        epoch=0,
+        global_step=0,
+        hooks=[hook],
+    )
+    assert row["train/loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert hook.epoch_metrics()["train/bayes_kernel_loss"] == pytest.approx(float(0.5 * lam * kl), rel=1e-5)
+    with pytest.raises(ConfigError, match="train.bayes_kernel_loss: needs a model with BONN"):
+        BayesKernelLossHook(_pcnn(), lam, nu)
