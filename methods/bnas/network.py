@@ -135,6 +135,8 @@ class BnasNetwork(nn.Module):
         layers: number of cells.
         imagenet: ImageNet stems (three stride-2 FP convs, 224 -> 28) instead of the CIFAR stem.
         skip: keep the T_B skip connections (False: the "No Skip" ablation).
+        weight_binary: False keeps every cell conv's weights real, its inputs still binary (stage 1 of a multi-stage
+            recipe: binary activations first; the next stage initialises the binary network from it).
     """
 
     def __init__(
@@ -150,6 +152,7 @@ class BnasNetwork(nn.Module):
         drop_rate: float = 0.0,
         official_binary_res_weights: bool = False,
         official_fp_tail: bool = False,
+        weight_binary: bool = True,
     ) -> None:
         super().__init__()
         g = _resolve_genotype(genotype)
@@ -202,6 +205,10 @@ class BnasNetwork(nn.Module):
             cell_convs = [m for m in self.cells.modules() if isinstance(m, BinaryConv2d) and m.binary_input]
             for m in cell_convs[len(cell_convs) - n_res :]:
                 m.weight_quantizer = None
+        if not weight_binary:  # real weights behind the binary inputs (the weights then train without XNOR's prep)
+            for m in self.cells.modules():
+                if isinstance(m, BinaryConv2d):
+                    m.weight_quantizer = None
         self.num_features = self.head_hidden_size = c_p
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
         self.classifier = nn.Linear(c_p, num_classes) if num_classes > 0 else nn.Identity()

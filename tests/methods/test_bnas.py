@@ -96,6 +96,24 @@ def test_no_skip_switch_removes_the_template_skips():
     assert not any(c.has_skip for c in ablated.cells) and all(c.preprocess_res is None for c in ablated.cells)
 
 
+def test_weight_binary_false_keeps_real_weights_behind_binary_inputs():
+    """Stage 1 of a multi-stage recipe (BNAS-D v2 Multi-Stage): the cell convs keep their binary inputs, their weights
+    stay real; the binary network loads its state dict (stage 2's --init-from)."""
+    from harness.costs import profile_model
+    from methods.binary import BinaryConv2d
+
+    torch.manual_seed(0)
+    real = timm.create_model("bnas_a", layers=5, init_channels=8, weight_binary=False)
+    binary = timm.create_model("bnas_a", layers=5, init_channels=8)
+    convs = [m for m in real.cells.modules() if isinstance(m, BinaryConv2d)]
+    assert convs and all(m.weight_quantizer is None and m.input_quantizer is not None for m in convs)
+    assert profile_model(real, (3, 32, 32)).bops == 0 < profile_model(binary, (3, 32, 32)).bops
+    binary.load_state_dict(real.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    real.eval(), binary.eval()
+    assert not torch.allclose(real(x), binary(x))  # the same latent weights, binarised in one of them
+
+
 def test_forward_backward_cifar_and_imagenet():
     m = timm.create_model("bnas_a", layers=5, init_channels=8)
     y = m(torch.randn(2, 3, 32, 32))
