@@ -206,9 +206,8 @@ class BnasNetwork(nn.Module):
             for m in cell_convs[len(cell_convs) - n_res :]:
                 m.weight_quantizer = None
         if not weight_binary:  # real weights behind the binary inputs (the weights then train without XNOR's prep)
-            for m in self.cells.modules():
-                if isinstance(m, BinaryConv2d):
-                    m.weight_quantizer = None
+            for conv in [x for x in self.cells.modules() if isinstance(x, BinaryConv2d)]:
+                conv.weight_quantizer = None
         self.num_features = self.head_hidden_size = c_p
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
         self.classifier = nn.Linear(c_p, num_classes) if num_classes > 0 else nn.Identity()
