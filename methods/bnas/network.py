@@ -37,7 +37,7 @@ from methods.bnas.genotypes import Genotype, genotype_from_json, get_genotype
 from methods.bnas.operations import BinConvBlock, build_op, xnor_weight_quantizer
 from methods.registry import MethodInfo, check_model_kwargs, constructor_kwargs, describe_models
 
-__all__ = ["BnasCell", "BnasNetwork", "bnas_a", "bnas_d", "bnas_e", "bnas_f", "bnas_g", "bnas_h"]
+__all__ = ["BnasCell", "BnasNetwork", "bnas_a", "bnas_b", "bnas_c", "bnas_d", "bnas_e", "bnas_f", "bnas_g", "bnas_h"]
 
 
 class BnasCell(nn.Module):
@@ -283,6 +283,8 @@ def _cfg(imagenet: bool) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs(
     {
         "bnas_a.untrained": _cfg(False),
+        "bnas_b.untrained": _cfg(False),
+        "bnas_c.untrained": _cfg(False),
         **{f"bnas_{v}.untrained": _cfg(True) for v in "defgh"},
     }
 )
@@ -302,6 +304,25 @@ def bnas_a(pretrained: bool = False, **kwargs: Any) -> BnasNetwork:
     """BNAS-A (CIFAR-10): cell latest_cell_zeroise, 20 cells, C = 36 (release log: 5,578,252 params)."""
     args = {"genotype": "latest_cell_zeroise", "layers": 20, "init_channels": 36, "num_classes": 10}
     return _create_bnas("bnas_a", pretrained, **dict(args, **kwargs))
+
+
+# BNAS-B and BNAS-C (the CIFAR ablation table's other rows): their sizes are unpublished, so both are INFERRED, the
+# same cell as BNAS-A (the release ships only A, "as training other configurations for CIFAR10 does not take much
+# time"). C: 16 cells, C = 108, 42,360,532 params, the closer of the two (layers, channels) candidates for the 42.4M
+# that the EBNAS README quotes for BNAS-C (the other: 23 cells, C = 94, 42.70M). B: no count is quoted; A's 20 cells
+# at C = 60, 15,450,196 params, near the geometric mean of A's and C's sizes (15.37M).
+@register_model
+def bnas_b(pretrained: bool = False, **kwargs: Any) -> BnasNetwork:
+    """BNAS-B (CIFAR-10), INFERRED size: cell latest_cell_zeroise, 20 cells, C = 60 (15,450,196 params)."""
+    args = {"genotype": "latest_cell_zeroise", "layers": 20, "init_channels": 60, "num_classes": 10}
+    return _create_bnas("bnas_b", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def bnas_c(pretrained: bool = False, **kwargs: Any) -> BnasNetwork:
+    """BNAS-C (CIFAR-10), INFERRED size: cell latest_cell_zeroise, 16 cells, C = 108 (42,360,532 params)."""
+    args = {"genotype": "latest_cell_zeroise", "layers": 16, "init_channels": 108, "num_classes": 10}
+    return _create_bnas("bnas_c", pretrained, **dict(args, **kwargs))
 
 
 @register_model
@@ -335,4 +356,4 @@ def bnas_h(pretrained: bool = False, **kwargs: Any) -> BnasNetwork:
 
 
 BNAS = MethodInfo("BNAS", "Sign + Scale", "Kim, Singh, Choi, ECCV 2020, arXiv 2002.06963")
-describe_models(("bnas_a", "bnas_d", "bnas_e", "bnas_f", "bnas_g", "bnas_h"), BNAS)
+describe_models(("bnas_a", "bnas_b", "bnas_c", "bnas_d", "bnas_e", "bnas_f", "bnas_g", "bnas_h"), BNAS)

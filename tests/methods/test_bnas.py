@@ -32,6 +32,16 @@ def test_parameter_counts_match_the_release_logs(name, params):
     assert sum(p.numel() for p in m.parameters()) == params
 
 
+def test_inferred_bnas_b_and_c_sizes():
+    """BNAS-B/C's sizes are unpublished (INFERRED, methods/bnas/network.py): C near the 42.4M quoted for it, B between A
+    and C, both BNAS-A's cell."""
+    sizes = {n: sum(p.numel() for p in timm.create_model(n).parameters()) for n in ("bnas_a", "bnas_b", "bnas_c")}
+    assert abs(sizes["bnas_c"] - 42.4e6) / 42.4e6 < 0.002
+    assert sizes["bnas_a"] < sizes["bnas_b"] < sizes["bnas_c"]
+    assert (sizes["bnas_b"], sizes["bnas_c"]) == (15_450_196, 42_360_532)
+    assert timm.create_model("bnas_b").genotype == timm.create_model("bnas_a").genotype
+
+
 def test_genotype_json_roundtrip_and_validation(tmp_path):
     for name in ("latest_cell_zeroise", "latest_cell"):
         g = get_genotype(name)
