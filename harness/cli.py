@@ -494,6 +494,26 @@ def show(genotype: str, out: Path | None) -> None:
     click.echo(str(draw_genotype(g, out, f"genotype {genotype}")))
 
 
+@cli.command("import-checkpoint")
+@click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--model", "model_name", required=True, help="The release's network: bnas_a (CIFAR-10), bnas_d ... bnas_h."
+)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="The run folder to write.")
+@click.option(
+    "--release-fp-tail/--no-release-fp-tail",
+    default=True,
+    show_default=True,
+    help="Keep the release's last two convs real, as its binarisation trained them (official_fp_tail).",
+)
+def import_checkpoint_cmd(source: Path, model_name: str, out: Path, release_fp_tail: bool) -> None:
+    """Convert a checkpoint of the official BNAS release (weights.pt or checkpoint.pth.tar) into a run folder that
+    `bnas evaluate --run OUT` evaluates under this harness's protocol."""
+    from harness.import_checkpoint import import_checkpoint
+
+    click.echo(json.dumps(import_checkpoint(source, model_name, out, official_fp_tail=release_fp_tail), sort_keys=True))
+
+
 @cli.command()
 @click.option(
     "--run",

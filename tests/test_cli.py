@@ -19,7 +19,7 @@ from harness.cli import cli
 
 BNAS = str(Path(sys.executable).parent / "bnas")
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["prepare", "train", "search", "derive", "evaluate", "profile", "ui"]
+COMMANDS = ["prepare", "train", "search", "derive", "evaluate", "import-checkpoint", "profile", "ui"]
 
 
 def test_help_lists_every_command():

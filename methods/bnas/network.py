@@ -253,7 +253,12 @@ _BNAS_KWARGS = constructor_kwargs(BnasNetwork)
 def _create_bnas(variant: str, pretrained: bool = False, **kwargs: Any) -> BnasNetwork:
     check_model_kwargs(variant, kwargs, _BNAS_KWARGS)
     if pretrained:
-        raise ValueError(f"{variant}: no pretrained weights are published by this project")
+        raise ValueError(
+            f"{variant}: pretrained=True: no weights ship with this project. Download the official release's "
+            f"checkpoint (the links in the README of github.com/gistvision/bnas), convert it with "
+            f"`bnas import-checkpoint FILE --model {variant} --out DIR`, and use DIR/model.pt (train.init_from, or "
+            f"`bnas evaluate --run DIR`)"
+        )
     return build_model_with_cfg(BnasNetwork, variant, pretrained=False, **kwargs)
 
 
