@@ -45,13 +45,14 @@ def _bad(args: list[str], cwd: Path) -> str:
 
 
 def test_bad_inputs_give_one_clear_line(cifar_cache, tmp_path):
+    """The first case runs the real console script (stderr, exit code); the others the same CLI in this process."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  epochs: many\n")
     line = _bad(["train", "--params", str(bad), "--data", str(cifar_cache), "--out", str(tmp_path / "r")], tmp_path)
     assert "bad.yaml" in line and "train.epochs" in line
     good = tmp_path / "good.yaml"
     good.write_text("train: {model: resnet_18, epochs: 1}\ntracking: {enabled: false}\n")
-    line = _bad(
+    line = _bad_in_process(
         [
             "train",
             "--data",
@@ -64,19 +65,18 @@ def test_bad_inputs_give_one_clear_line(cifar_cache, tmp_path):
             "train.epochs=1",
             "-S",
             "train.modle=x",
-        ],
-        tmp_path,
+        ]
     )
     assert "train.modle" in line
-    line = _bad(["train", "--params", str(good), "--data", str(cifar_cache), "--out", str(tmp_path / "r")], tmp_path)
+    line = _bad_in_process(["train", "--params", str(good), "--data", str(cifar_cache), "--out", str(tmp_path / "r")])
     assert "unknown model 'resnet_18'" in line
-    line = _bad(
-        ["train", "--params", str(good), "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "r")], tmp_path
+    line = _bad_in_process(
+        ["train", "--params", str(good), "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "r")]
     )
     assert "nodata" in line and "bnas prepare" in line
-    line = _bad(["prepare", "cifar10", "--source", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")], tmp_path)
+    line = _bad_in_process(["prepare", "cifar10", "--source", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")])
     assert "nowhere" in line
-    line = _bad(["evaluate", "--run", str(tmp_path), "--data", str(cifar_cache)], tmp_path)
+    line = _bad_in_process(["evaluate", "--run", str(tmp_path), "--data", str(cifar_cache)])
     assert "config.yaml" in line
 
 
@@ -437,10 +437,10 @@ def test_derive_rejects_malformed_alphas_with_one_line(tmp_path):
     bad.write_text(
         json.dumps({"alphas_normal": [[0.0] * 7] * 14, "alphas_reduce": [[0.0] * 7] * 14, "primitives": ["a"] * 7})
     )
-    err = _bad(["derive", "--alphas", str(bad), "--out", str(tmp_path / "g.json")], tmp_path)
+    err = _bad_in_process(["derive", "--alphas", str(bad), "--out", str(tmp_path / "g.json")])
     assert "are not the ops of a search space" in err
     assert not (tmp_path / "g.json").exists()
-    err = _bad(["derive", "--alphas", str(tmp_path / "missing.json"), "--out", str(tmp_path / "g.json")], tmp_path)
+    err = _bad_in_process(["derive", "--alphas", str(tmp_path / "missing.json"), "--out", str(tmp_path / "g.json")])
     assert "missing.json" in err
 
 

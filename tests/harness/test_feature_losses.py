@@ -48,7 +48,7 @@ def test_one_step_minimises_cross_entropy_plus_lambda_center_loss(cifar_cache):
     )
     assert row["train/loss"] == pytest.approx(float(expected.detach()), rel=1e-4)
     lc = 0.5 * feats.pow(2).sum(1).mean()
-    assert hook.epoch_metrics()["train/center_loss"] == pytest.approx(float(lc), rel=1e-4)
+    assert hook.epoch_metrics()["train/center_loss"] == pytest.approx(float(lc.detach()), rel=1e-4)
     # after the step the centres moved by eq. 4 with the step's features
     want = CenterLoss(10, feats.shape[1], alpha=0.5)
     want.step(feats.detach(), y)

@@ -72,7 +72,7 @@ def test_no_name_shadows_a_timm_builtin():
     timm_modules = [
         importlib.import_module(f"timm.models.{m.name}") for m in pkgutil.iter_modules(timm.models.__path__)
     ]
-    assert len(_bnas_models()) == 6
+    assert len(_bnas_models()) == 8  # bnas_a, b, c (CIFAR-10), d ... h (ImageNet)
     for name in _our_models() + _bnas_models():
         owners = [mod.__name__ for mod in timm_modules if callable(getattr(mod, name, None))]
         assert owners == [], f"{name} shadows {owners}"
@@ -208,7 +208,7 @@ def test_bnas_refuses_a_typo_and_other_families_keywords():
         timm.create_model("bnas_a", skipp=False)
     assert {"skip", "layers", "init_channels", "genotype", "official_fp_tail"} <= set(e.value.accepted)
     # an XNOR-Net++ option, timm's drop-path rate and feature extraction: BNAS supports none of them
-    for key, value in {"weight_binary": False, "drop_path_rate": 0.1, "features_only": True}.items():
+    for key, value in {"scale_shape": "channel", "drop_path_rate": 0.1, "features_only": True}.items():
         with pytest.raises(ModelKwargError, match=rf"model 'bnas_(a|d)' does not take keyword '{key}'"):
             timm.create_model("bnas_a", **{key: value})
         with pytest.raises(ModelKwargError, match=rf"model 'bnas_d' does not take keyword '{key}'"):
@@ -261,9 +261,9 @@ def test_create_model_names_the_model_kwarg_and_what_it_takes():
     assert msg.endswith("; did you mean skip?") and "\n" not in msg
     assert "drop_rate, genotype, global_pool" in msg and "official_binary_res_weights, official_fp_tail, skip" in msg
     with pytest.raises(
-        BnasError, match=r"^model 'bnas_a' does not take keyword 'weight_binary' \(train.model_kwargs\)"
+        BnasError, match=r"^model 'bnas_a' does not take keyword 'scale_shape' \(train.model_kwargs\)"
     ):
-        create_model("bnas_a", 10, weight_binary=False)
+        create_model("bnas_a", 10, scale_shape="channel")
     with pytest.raises(BnasError, match=r"^model 'xnornetpp_resnet18_cifar' does not take keyword 'xnor_grad'"):
         create_model("xnornetpp_resnet18_cifar", 10, xnor_grad="exact")
 
