@@ -260,9 +260,7 @@ def test_create_model_names_the_model_kwarg_and_what_it_takes():
     assert msg.startswith("model 'bnas_a' does not take keyword 'skipp' (train.model_kwargs); it takes: ")
     assert msg.endswith("; did you mean skip?") and "\n" not in msg
     assert "drop_rate, genotype, global_pool" in msg and "official_binary_res_weights, official_fp_tail, skip" in msg
-    with pytest.raises(
-        BnasError, match=r"^model 'bnas_a' does not take keyword 'scale_shape' \(train.model_kwargs\)"
-    ):
+    with pytest.raises(BnasError, match=r"^model 'bnas_a' does not take keyword 'scale_shape' \(train.model_kwargs\)"):
         create_model("bnas_a", 10, scale_shape="channel")
     with pytest.raises(BnasError, match=r"^model 'xnornetpp_resnet18_cifar' does not take keyword 'xnor_grad'"):
         create_model("xnornetpp_resnet18_cifar", 10, xnor_grad="exact")
