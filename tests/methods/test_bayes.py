@@ -50,6 +50,7 @@ def test_algorithm_5_initialisation_and_the_kernel_loss_by_hand():
     assert torch.allclose(q.w, 1.0 / k.abs().mean(dim=(1, 2, 3)))
     nu = 0.3
     hand = 0.0
+    q.requires_grad_(False)  # a hand computation: plain floats
     for o in range(4):
         for v in k[o].flatten().tolist():
             s = 1.0 if v >= 0 else -1.0
