@@ -130,3 +130,21 @@ def bnas_searcher(net: Any, **override: Any) -> Any:
     from methods.bnas.search import BnasSearcher
 
     return BnasSearcher(net, **{**searcher_hyperparameters(SearchConfig()), **override})
+
+
+def one_training_step(model: Any, batch: Any, cfg: Any, opt: Any, hook: Any) -> dict[str, float]:
+    """`train_one_epoch` over the single `batch` on CPU with the label loss and `hook` (its epoch started): the
+    epoch's train metrics."""
+    import torch
+    from torch import nn
+
+    from harness.distributed import Runtime
+    from harness.engine import TrainLoss, build_scheduler, train_one_epoch
+
+    hook.on_epoch_start(model, 0, 1)
+    sched = build_scheduler(cfg, opt, 1)
+    loss = TrainLoss(nn.CrossEntropyLoss())
+    row, _ = train_one_epoch(
+        model, [batch], opt, sched, loss, cfg, Runtime(torch.device("cpu")), epoch=0, global_step=0, hooks=[hook]
+    )
+    return row

@@ -9,13 +9,13 @@ import copy
 import pytest
 import timm
 import torch
-from _helpers import strip_perf, tiny_config
+from _helpers import one_training_step, strip_perf, tiny_config
 from torch import nn
 
 from harness.cifar10 import CifarLoader, load_cifar10
 from harness.config import TrainConfig
 from harness.distributed import Runtime
-from harness.engine import TrainLoss, build_optimizer, build_scheduler, train_one_epoch
+from harness.engine import build_optimizer
 from harness.errors import ConfigError
 from harness.feature_losses import CenterLossHook
 from harness.training import run_train
@@ -41,11 +41,7 @@ def test_one_step_minimises_cross_entropy_plus_lambda_center_loss(cifar_cache):
     hook = CenterLossHook(model, 10, lam, 0.5, CPU)
     cfg = TrainConfig(lr=0.01, weight_decay=0.0, sched="constant", opt="momentum", channels_last=False)
     opt = build_optimizer(cfg, model)
-    sched = build_scheduler(cfg, opt, 1)
-    hook.on_epoch_start(model, 0, 1)
-    row, _ = train_one_epoch(
-        model, [(x, y)], opt, sched, TrainLoss(nn.CrossEntropyLoss()), cfg, CPU, epoch=0, global_step=0, hooks=[hook]
-    )
+    row = one_training_step(model, (x, y), cfg, opt, hook)
     assert row["train/loss"] == pytest.approx(float(expected.detach()), rel=1e-4)
     lc = 0.5 * feats.pow(2).sum(1).mean()
     assert hook.epoch_metrics()["train/center_loss"] == pytest.approx(float(lc.detach()), rel=1e-4)

@@ -8,12 +8,13 @@ import copy
 import pytest
 import timm
 import torch
+from _helpers import one_training_step
 from torch import nn
 
 from harness.cifar10 import CifarLoader, load_cifar10
 from harness.config import TrainConfig
 from harness.distributed import Runtime
-from harness.engine import TrainLoss, build_optimizer, build_scheduler, train_one_epoch
+from harness.engine import build_optimizer, build_scheduler
 from harness.errors import ConfigError
 from harness.kernel_losses import ProjectionLossHook
 from methods.binary import BinaryConv2d
@@ -52,18 +53,7 @@ def test_one_step_adds_the_projection_loss_gradients(cifar_cache):
     opt = build_optimizer(cfg, model)
     hook = ProjectionLossHook(model, lam, opt, CPU)
     start = {i: (c.weight.detach().clone(), c.weight_quantizer.proj.detach().clone()) for i, c in enumerate(hook.convs)}
-    train_one_epoch(
-        model,
-        [(x, y)],
-        opt,
-        build_scheduler(cfg, opt, 1),
-        TrainLoss(nn.CrossEntropyLoss()),
-        cfg,
-        CPU,
-        epoch=0,
-        global_step=0,
-        hooks=[hook],
-    )
+    one_training_step(model, (x, y), cfg, opt, hook)
     for i, conv in enumerate(hook.convs):  # plain SGD: new = old - lr * (g_S + g_P)
         assert torch.allclose(conv.weight.detach(), start[i][0] - lr * want[i][0], atol=1e-6), i
         assert torch.allclose(conv.weight_quantizer.proj.detach(), start[i][1] - lr * want[i][1], atol=1e-6), i
@@ -112,19 +102,7 @@ def test_the_bayes_kernel_loss_is_a_term_of_the_objective(cifar_cache):
     cfg = TrainConfig(lr=0.01, weight_decay=0.0, sched="constant", opt="momentum", channels_last=False)
     opt = build_optimizer(cfg, model)
     hook = BayesKernelLossHook(model, lam, nu)
-    hook.on_epoch_start(model, 0, 1)
-    row, _ = train_one_epoch(
-        model,
-        [(x, y)],
-        opt,
-        build_scheduler(cfg, opt, 1),
-        TrainLoss(nn.CrossEntropyLoss()),
-        cfg,
-        CPU,
-        epoch=0,
-        global_step=0,
-        hooks=[hook],
-    )
+    row = one_training_step(model, (x, y), cfg, opt, hook)
     assert row["train/loss"] == pytest.approx(float(expected), rel=1e-5)
     assert hook.epoch_metrics()["train/bayes_kernel_loss"] == pytest.approx(float(0.5 * lam * kl), rel=1e-5)
     with pytest.raises(ConfigError, match="train.bayes_kernel_loss: needs a model with BONN"):
