@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 # ImageNet (opt-in): an ImageNet-layout root (train/<wnid>/, val/<wnid>/); default: the Imagenette copy in BNAS_DATA
 IMAGENET ?= $(if $(BNAS_DATA),$(BNAS_DATA)/imagenette,)
 IMAGENET_METHODS := [bnas_d, bnas_e, bnas_f, bnas_g, bnas_h, bireal_resnet18, bireal_resnet34, xnornetpp_resnet18, \
-  binarynet_resnet18, abcnet_resnet18, abcnet_resnet34, cbcn_resnet18]
+  binarynet_resnet18, abcnet_resnet18, abcnet_resnet34, cbcn_resnet18, bonn_resnet18, bnas_d_noreg, bnas_d_v2]
 # ReActNet distils from a real teacher: TEACHER (a timm model) with TEACHER_WEIGHTS (`pretrained`: timm's cached
 # weights, or a model.pt); without TEACHER_WEIGHTS the ReActNet rows are left out
 TEACHER ?= resnet34
@@ -51,6 +51,7 @@ repro-imagenet: install
 	$(BIN)/dvc exp run -S 'pipelines/params.yaml:pipeline.imagenet_source=[$(IMAGENET)]' \
 	  -S 'pipelines/params.yaml:pipeline.imagenet_methods=$(IMAGENET_METHODS)' \
 	  -S 'pipelines/params.yaml:pipeline.imagenet_decoupled=[binaryduo_resnet18]' \
+	  -S 'pipelines/params.yaml:pipeline.imagenet_pretrained=[pcnn_resnet18, bnas_d_v2_multistage]' \
 	  -S 'pipelines/params.yaml:pipeline.imagenet_distilled=$(IMAGENET_DISTILLED)' \
 	  -S 'pipelines/params.yaml:pipeline.imagenet_teacher.model=$(TEACHER)' \
 	  -S 'pipelines/params.yaml:pipeline.imagenet_teacher.weights=$(TEACHER_WEIGHTS)'

@@ -143,8 +143,12 @@ class SearchConfig:
     tau: float = 7.7  # its decay: lambda * exp(-epoch / tau)
     exclude_zeroise: bool = False  # Zeroise out of the search space and the derivation ("No Zeroise")
     skip: bool = True  # the T_B skip connections (false: the "No Skip" ablation)
-    space: Literal["bnas", "darts"] = "bnas"  # the ops: S_B (the paper's), or DARTS's with binarised separable convs
-    # (claim 6, "separable convs are detrimental"; needs supernet: reference)
+    space: Literal["bnas", "darts", "bats"] = "bnas"  # the ops: S_B (the paper's), DARTS's with binarised separable
+    # convs (claim 6, "separable convs are detrimental"), or BATS's grouped binary convs (the last two: supernet
+    # reference)
+    temperature: float = 1.0  # mixing weights softmax(alpha / temperature); BATS's temperature-controlled softmax < 1
+    real_weight_fraction: float = 0.0  # BATS's binary-first phases: the first round(fraction x epochs) epochs run on
+    # real weights behind binary activations, the rest fully binary
     gamma: float = 3.0  # ImageNet transfer: Zeroise weights divided by gamma before deriving the ImageNet genotype
     train_subset: int = 0  # use this many images of each search split (stratified); 0 = all 25k + 25k
     seed: int = 2  # the release's search seed
@@ -364,6 +368,8 @@ RANGES: dict[str, dict[str, _Range]] = {
         "arch_weight_decay": _NON_NEGATIVE,
         "lam": _NON_NEGATIVE,
         "tau": _POSITIVE,
+        "temperature": _POSITIVE,
+        "real_weight_fraction": _FRACTION,
         "gamma": _POSITIVE,
         "train_subset": _NON_NEGATIVE,
         "threads": _NON_NEGATIVE,

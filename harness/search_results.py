@@ -19,7 +19,16 @@ import yaml
 
 from harness.errors import DataError
 
-__all__ = ["SearchRun", "collect_searches", "alpha_spread", "binary_conv_share", "early_epochs", "SEARCH_VARIANTS"]
+__all__ = [
+    "SearchRun",
+    "collect_searches",
+    "alpha_spread",
+    "binary_conv_share",
+    "early_epochs",
+    "SEARCH_VARIANTS",
+    "SEARCHED_SIZES",
+    "BATS_SEARCH",
+]
 
 # ablation column -> (search variant folder, retrain method folder) of runs/cifar10
 SEARCH_VARIANTS: dict[str, tuple[str, str]] = {
@@ -29,6 +38,11 @@ SEARCH_VARIANTS: dict[str, tuple[str, str]] = {
     "no_div": ("search_no_div", "ablation_no_div"),
     "darts_space": ("search_darts_space", "ablation_darts_space"),
 }
+# the ablation table's BNAS-B and BNAS-C rows (Full column only): the `search` variant's cell retrained at their
+# INFERRED sizes (pipeline.searched_sizes) -> method folder of runs/cifar10
+SEARCHED_SIZES: dict[str, str] = {"BNAS-B": "bnas_b_searched", "BNAS-C": "bnas_c_searched"}
+# BATS's space searched with this harness's searcher at BNAS's budget: (search variant folder, retrain method folder)
+BATS_SEARCH: tuple[str, str] = ("search_bats", "bats_searched")
 
 
 @dataclass

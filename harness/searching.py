@@ -68,19 +68,26 @@ def _split(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, n: int, seed: in
 
 
 def alphas_dict(
-    alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, primitives: tuple[str, ...]
+    alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, primitives: tuple[str, ...], temperature: float = 1.0
 ) -> dict[str, Any]:
-    """The alphas file format of `bnas derive`: 14 x len(primitives) nested lists, DARTS edge order, op columns."""
-    return {
+    """The alphas file format of `bnas derive`: 14 x len(primitives) nested lists, DARTS edge order, op columns; and
+    the softmax temperature the supernet mixed with when it is not 1 (BATS's: the mixing weights are
+    softmax(alpha / temperature))."""
+    d: dict[str, Any] = {
         "alphas_normal": alphas_normal.detach().cpu().tolist(),
         "alphas_reduce": alphas_reduce.detach().cpu().tolist(),
         "primitives": list(primitives),
     }
+    if temperature != 1.0:
+        d["temperature"] = temperature
+    return d
 
 
 def load_alphas(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
     """Read an alphas file: `alphas_normal` and `alphas_reduce`, each 14 rows (DARTS edge order) of 7 columns in the
-    S_B op order (6 columns: a search without Zeroise). A `bnas search` epoch file (genotypes/epochNNN.json) works too.
+    S_B op order (6 columns: a search without Zeroise; 8 or 7: the DARTS and BATS spaces, named by `primitives`). A
+    `bnas search` epoch file (genotypes/epochNNN.json) works too. With a `temperature` T (a BATS search) the returned
+    tensors are the mixing logits alpha / T, whose softmax the supernet used.
 
     Raises:
         DataError: unreadable, missing keys, wrong shape or non-finite values.
@@ -103,7 +110,7 @@ def load_alphas(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, tuple[str
         if t.dim() != 2 or t.shape[0] != 14 or t.shape[1] not in (6, 7, 8):
             raise DataError(
                 f"{path}: {key}: expected 14 x K, K the ops of a search space (S_B: 7, or 6 without Zeroise; the "
-                f"DARTS space: 8 or 7), got {list(t.shape)}"
+                f"DARTS and BATS spaces: 8 or 7), got {list(t.shape)}"
             )
         if not torch.isfinite(t).all():
             raise DataError(f"{path}: {key}: non-finite values")
@@ -122,6 +129,11 @@ def load_alphas(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, tuple[str
         prims = PRIMITIVES if out[0].shape[1] == 7 else tuple(p for p in PRIMITIVES if p != "none")
     if len(prims) != out[0].shape[1]:
         raise DataError(f"{path}: primitives {list(prims)} do not match the {out[0].shape[1]} columns")
+    temperature = d.get("temperature", 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise DataError(f"{path}: temperature: expected a positive number, got {temperature!r}")
+    if temperature != 1.0:
+        out = [t / temperature for t in out]
     return out[0], out[1], prims
 
 
@@ -230,6 +242,7 @@ def _supernet(sc: Any, rt: Runtime) -> Any:
         exclude_zeroise=sc.exclude_zeroise,
         skip=sc.skip,
         space=sc.space,
+        temperature=sc.temperature,
         impl=sc.supernet,
         official_fp_tail=sc.official_fp_tail,
         official_binary_preprocess=sc.official_binary_preprocess,
@@ -262,6 +275,7 @@ def searcher_hyperparameters(sc: SearchConfig) -> dict[str, Any]:
         "tau": sc.tau,
         "official_entropy_bug": sc.official_entropy_bug,
         "official_lr_offset": sc.official_lr_offset,
+        "real_weight_epochs": round(sc.real_weight_fraction * sc.epochs),
     }
 
 
@@ -296,7 +310,7 @@ def _search_epoch(searcher: Any, d: _SearchData, sc: Any, epoch: int, rt: Runtim
     t0 = time.perf_counter()
     searcher.new_epoch(epoch)
     g_start = _genotype_dict(searcher.genotype(exclude_zeroise=sc.exclude_zeroise))
-    a_start = alphas_dict(net.alphas_normal, net.alphas_reduce, net.primitives)
+    a_start = alphas_dict(net.alphas_normal, net.alphas_reduce, net.primitives, net.temperature)
     d.set_epoch(epoch)
     it: Any = zip(d.train, d.arch_batches(epoch), strict=False)  # the architecture batches never run out
     if progress and rt.is_main:
@@ -323,7 +337,7 @@ def _search_epoch(searcher: Any, d: _SearchData, sc: Any, epoch: int, rt: Runtim
             "genotype": json.dumps(g_end),
         }
     )
-    a_end = alphas_dict(net.alphas_normal, net.alphas_reduce, net.primitives)
+    a_end = alphas_dict(net.alphas_normal, net.alphas_reduce, net.primitives, net.temperature)
     return _EpochResult(row, g_start, a_start, g_end, a_end)
 
 
@@ -360,7 +374,7 @@ def _write_results(out: Path, searcher: Any, best: dict[str, Any], last_epoch: i
         return _genotype_dict(g)
 
     selection = "start-of-epoch (release)" if sc.official_genotype_offset else "end-of-epoch"
-    final = alphas_dict(net.alphas_normal, net.alphas_reduce, net.primitives)
+    final = alphas_dict(net.alphas_normal, net.alphas_reduce, net.primitives, net.temperature)
     chosen = best["alphas"]
     result = {
         "genotype": best["genotype"],

@@ -19,7 +19,7 @@ import yaml
 
 from harness.errors import DataError
 from harness.io import atomic_write_text
-from harness.search_results import SEARCH_VARIANTS, SearchRun, collect_searches
+from harness.search_results import BATS_SEARCH, SEARCH_VARIANTS, SEARCHED_SIZES, SearchRun, collect_searches
 from harness.stats import Summary, holm, summarize, verdict, welch_p
 from methods.registry import method_info
 
@@ -306,6 +306,11 @@ def build_report(
             entry.update(top1=base["top1"], label=f"{base['name']} (bnas_a)", selection=base.get("selection"))
         if name == ABLATIONS["full"]:
             entry["label"] = "BNAS (cell searched by this pipeline)"
+        if name == BATS_SEARCH[1]:
+            entry["label"] = "BATS (cell searched by this pipeline in BATS's space, BNAS's budget)"
+        sized = next((size for size, folder in SEARCHED_SIZES.items() if folder == name), None)
+        if sized:
+            entry["label"] = f"BNAS (cell searched by this pipeline) at {sized}'s INFERRED size ({r.model})"
         if name.endswith(OWN_RECIPE_FOLDER):
             entry["label"] = f"{r.family[0]} ({r.model}), own recipe {r.recipe or '?'}"
         entries.append((entry, r))
@@ -456,6 +461,32 @@ def _ablation_table(
     )
     rows.append(["ours: status", *("not run" if summ[c].n == 0 else "run" for c in cols)])
     rows.append(["ours: precision", *(cifar[ABLATIONS[c]].precisions if ABLATIONS[c] in cifar else "—" for c in cols)])
+    for size, folder in SEARCHED_SIZES.items():  # the searched cell at BNAS-B's and BNAS-C's sizes: Full only
+        s = summarize(cifar[folder].top1 if folder in cifar else [])
+        rows.append(
+            [
+                f"ours at {size}'s size: mean ± std (n)",
+                *(
+                    ("not run" if not s.n else f"{s.fmt()} (n = {s.n})")
+                    if c == "full"
+                    else "not run (BNAS-A's size only)"
+                    for c in cols
+                ),
+            ]
+        )
+        raw.append(
+            {
+                "model": f"ours:{folder}",
+                "source": "harness runs",
+                "full": s.mean,
+                "n": s.n,
+                "std": s.std,
+                "ci_lo": s.ci_lo,
+                "ci_hi": s.ci_hi,
+                "top1_values": " ".join(f"{x:.4f}" for x in (cifar[folder].top1 if folder in cifar else [])),
+                "search": SEARCH_VARIANTS["full"][0],
+            }
+        )
     # the searches behind each column: did the alphas move, and how well did the supernet do
     ss = {c: _search_summary(searches.get(SEARCH_VARIANTS[c][0], [])) for c in cols}
     rows.append(["search: n seeds", *(str(ss[c][0].n) for c in cols)])
@@ -497,6 +528,9 @@ def _ablation_table(
             "the T_B skips / without Zeroise / with lambda = 0; DARTS space = searched in the DARTS space with "
             "binarised separable convs (not in the poster's table). The paper's protocol for these ablations is not "
             "published in detail (results/README.md).",
+            "ours at BNAS-B's / BNAS-C's size: the Full column's searched cell retrained at those rows' sizes, which "
+            "are not published: INFERRED from candidate parameter counts (docs/bnas.md); only the Full column is "
+            "run at these sizes.",
             "search rows: the searches behind each column. Alphas start uniform (entropy ln(K): 1.946 for the 7 ops "
             "of S_B); an entropy still at ~100% of ln(K) means the search did not move the alphas and its cell is "
             "decided by the initial noise.",

@@ -429,6 +429,28 @@ def test_derive_reads_the_darts_space_from_the_primitives_of_the_alphas_file(tmp
         assert {op for op, _ in g.normal + g.reduce} <= set(prims)
 
 
+def test_derive_of_a_bats_search_ranks_the_weights_the_supernet_mixed_with(tmp_path):
+    """A BATS-space alphas file records its softmax temperature: `bnas derive` derives from softmax(alpha / T), the
+    searcher's own genotype; a temperature that is not a positive number is one clear error."""
+    import torch
+
+    from methods.bnas.genotypes import BATS_PRIMITIVES, genotype_from_json
+    from methods.bnas.search import derive_genotype
+
+    torch.manual_seed(2)
+    an, ar = torch.randn(14, 8), torch.randn(14, 8)
+    alphas = tmp_path / "alphas.json"
+    d = {"alphas_normal": an.tolist(), "alphas_reduce": ar.tolist(), "primitives": list(BATS_PRIMITIVES)}
+    alphas.write_text(json.dumps({**d, "temperature": 0.25}))
+    res = CliRunner().invoke(cli, ["derive", "--alphas", str(alphas), "--out", str(tmp_path / "g.json")])
+    assert res.exit_code == 0, res.output
+    g = genotype_from_json(tmp_path / "g.json")
+    assert g == derive_genotype(4 * an, 4 * ar, BATS_PRIMITIVES)
+    alphas.write_text(json.dumps({**d, "temperature": -1}))
+    err = _bad_in_process(["derive", "--alphas", str(alphas), "--out", str(tmp_path / "g2.json")])
+    assert "temperature: expected a positive number, got -1" in err and not (tmp_path / "g2.json").exists()
+
+
 def test_derive_rejects_malformed_alphas_with_one_line(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"alphas_normal": [[0.0] * 7] * 13, "alphas_reduce": [[0.0] * 7] * 14}))

@@ -92,6 +92,30 @@ def test_every_method_the_pipeline_names_resolves():
                 assert cfg.train.recipe == expected, f"{st.addressing}: every CIFAR row shares one recipe"
 
 
+def test_every_method_of_make_repro_imagenet_resolves():
+    """The ImageNet lists that `make repro-imagenet` sets (the poster's rows, the chains and their first stages) name
+    `methods` entries whose configs load at every profile, 1000 classes each."""
+    import re
+
+    from harness.config import load_config
+
+    make = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    lists = re.findall(r"pipeline\.imagenet_(methods|decoupled|pretrained)=([^']*)'", make)
+    names = {"methods": re.search(r"IMAGENET_METHODS := \[([^\]]*)\]", make).group(1).split(",")}
+    for key, value in lists:
+        if key != "methods":
+            names[key] = value.strip("[]").split(",")
+    methods = {n.strip() for v in names.values() for n in v if n.strip()}
+    methods |= {f"{m.strip()}_coupled" for m in names["decoupled"]} | {
+        f"{m.strip()}_pretrain" for m in names["pretrained"]
+    }
+    assert {"bonn_resnet18", "bnas_d_noreg", "bnas_d_v2", "pcnn_resnet18_pretrain", "bnas_d_v2_multistage"} <= methods
+    for method in sorted(methods):
+        for profile in ("quick", "paper"):
+            cfg = load_config(REPO / "pipelines" / "params.yaml", {"profile": profile}, method=method)
+            assert cfg.train.num_classes == 1000, method
+
+
 def test_train_stages_output_metrics_and_history_uncached_and_resume():
     """Each run's metrics.json is a DVC metric and its history.csv an uncached output; the plots are the top-level
     ones over the long-format plot data (tests/harness/test_dvc_plots.py), not one stage plot per run."""
@@ -189,13 +213,19 @@ def _micro_copy(dst: Path, cifar_cache: Path, imagenette: Path, chains: bool = T
         "cifar_teacher": "resnet18_teacher",  # the multi-stage chains, one method each: teacher -> step 1 -> step 2
         "cifar_distilled": ["react_resnet18_cifar"] if chains else [],
         "cifar_decoupled": ["binaryduo_resnet18_cifar"] if chains else [],  # coupled -> decoupled
+        "cifar_pretrained": ["pcnn_resnet18_cifar"] if chains else [],  # PCNN: ternary pretrain -> finetune
         "cifar_paper_methods": ["toy_binary_cifar"] if chains else [],  # its own recipe (`--recipe own`): "shared"
         "searches": [{"search": "search", "seed": 2, "retrain": "bnas_searched", "train_seed": 0}],
+        # the searched cell at BNAS-B's size (the ablation table's BNAS-B Full cell)
+        "searched_sizes": [{"search": "search", "seed": 2, "retrain": "bnas_b_searched", "train_seed": 0}]
+        if chains
+        else [],
         "imagenet_source": [str(imagenette)],  # the opt-in ImageNet path, on the real Imagenette subset
         "imagenet_methods": ["bnas_d"],
         "imagenet_seeds": [0],
         "imagenet_distilled": [],
         "imagenet_decoupled": [],
+        "imagenet_pretrained": [],
         "imagenet_teacher": {"model": "resnet34", "weights": ""},
     }
     params["methods"]["toy_binary_cifar"] = {"recipe": "shared", "train": {"model": "toy_binary_cifar"}}
@@ -207,7 +237,7 @@ def _micro_copy(dst: Path, cifar_cache: Path, imagenette: Path, chains: bool = T
 
 
 # the multi-stage rows, each with the pipeline's recipe and its own (@paper), and the toy's own-recipe row
-MULTI_STAGE_ROWS = {"react_resnet18_cifar", "binaryduo_resnet18_cifar"}
+MULTI_STAGE_ROWS = {"react_resnet18_cifar", "binaryduo_resnet18_cifar", "pcnn_resnet18_cifar"}
 MULTI_STAGE_ROWS |= {f"{m}@paper" for m in MULTI_STAGE_ROWS} | {"toy_binary_cifar@paper"}
 
 
@@ -244,7 +274,8 @@ def test_micro_profile_dvc_repro_end_to_end(cifar_cache, data_root, tmp_path, ch
     rows = list(csv.DictReader((repo / "results" / "micro" / "cifar10.csv").read_text().splitlines()[1:]))
     folders = {r["run_folder"] for r in rows}
     chain_rows = MULTI_STAGE_ROWS if chains else set()
-    assert folders == {"bireal_resnet18_cifar", "toy_binary_cifar", "bnas_searched", ""} | chain_rows
+    sized = {"bnas_b_searched"} if chains else set()
+    assert folders == {"bireal_resnet18_cifar", "toy_binary_cifar", "bnas_searched", ""} | chain_rows | sized
     methods = yaml.safe_load((repo / "pipelines" / "params.yaml").read_text())["methods"]
     for name in chain_rows - {"toy_binary_cifar@paper"}:  # the final stage of each chain, from its first stage
         saved = yaml.safe_load((repo / "runs" / "cifar10" / name / "seed0" / "config.yaml").read_text())["train"]
@@ -284,9 +315,9 @@ def test_micro_profile_dvc_repro_end_to_end(cifar_cache, data_root, tmp_path, ch
     parents = [r for r in runs if r.data.tags.get("bnas.role") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    # search, retrain, bireal, toy, the teacher; with the chains also ReAct steps 1-2 and BinaryDuo coupled and
-    # decoupled, each with both recipes, and the toy's own-recipe row
-    assert len(children) == (14 if chains else 5)
+    # search, retrain, bireal, toy, the teacher; with the chains also ReAct steps 1-2, BinaryDuo coupled and
+    # decoupled and PCNN pretrain and finetune, each with both recipes, the toy's own-recipe row and BNAS-B's retrain
+    assert len(children) == (19 if chains else 5)
     assert "bireal_resnet18_cifar/top1_mean" in parents[0].data.metrics
     iexp = client.get_experiment_by_name("bnas-imagenet")  # the ImageNet runs nest under their experiment's parent
     iruns = client.search_runs([iexp.experiment_id])
@@ -310,7 +341,9 @@ def test_small_profile_has_three_seeds_of_every_row_and_every_search():
     small = params["pipeline"]["small"]
     assert len(set(small["seeds"])) >= 3
     variants = Counter(s["search"] for s in small["searches"])
-    assert set(variants) == {"search", "search_no_skip", "search_no_zeroise", "search_no_div", "search_darts_space"}
+    assert set(variants) == {
+        "search", "search_no_skip", "search_no_zeroise", "search_no_div", "search_darts_space", "search_bats"
+    }  # fmt: skip
     assert min(variants.values()) >= 3
     for v in variants:
         entries = [s for s in small["searches"] if s["search"] == v]
@@ -319,9 +352,13 @@ def test_small_profile_has_three_seeds_of_every_row_and_every_search():
         )
     stages = [st for st in _stages() if st.path_in_repo.startswith("pipelines/small/")]
     assert {st.addressing.split(":")[-1].split("@")[0] for st in stages} == {
-        "search", "derive", "retrain", "train", "train_paper", "teacher", "distil_step1", "distil_step2", "couple",
-        "decouple", "tables", "figures",
+        "search", "derive", "retrain", "retrain_size", "train", "train_paper", "teacher", "distil_step1",
+        "distil_step2", "couple", "decouple", "pretrain", "finetune", "tables", "figures",
     }  # fmt: skip
+    # BNAS-B's and BNAS-C's Full cells: the searched cell of 3 searches at each size, one train seed each
+    sizes = Counter(s["retrain"] for s in small["searched_sizes"])
+    assert sizes == {"bnas_b_searched": 3, "bnas_c_searched": 3}
+    assert {s["search"] for s in small["searched_sizes"]} == {"search"}
     for st in stages:
         argv = shlex.split(st.cmd)
         if argv[1] in ("train", "search"):
@@ -353,3 +390,6 @@ def test_paper_profile_lists_live_in_params_and_reach_dvc_exp_run_whole():
     searches = yaml.safe_load(sets["pipeline.searches"])
     assert Counter(s["search"] for s in searches)["search"] == 5 and all(" " not in a for a in lines)
     assert set(searches[0]) == {"search", "seed", "retrain", "train_seed"}  # no derivation flags: one rule for all
+    sizes = yaml.safe_load(sets["pipeline.searched_sizes"])  # the ablation table's BNAS-B / BNAS-C Full column
+    assert Counter(s["retrain"] for s in sizes) == {"bnas_b_searched": 5, "bnas_c_searched": 5}
+    assert {(s["search"], s["seed"]) for s in sizes} <= {(s["search"], s["seed"]) for s in searches}

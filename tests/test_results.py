@@ -19,9 +19,19 @@ def _pipeline_rows(profile: str) -> tuple[set[str], list[int]]:
     """The run folders of the CIFAR-10 table that the pipeline's lists make at `profile`, and the seeds of each."""
     pipe = yaml.safe_load((REPO / "pipelines" / "params.yaml").read_text())["pipeline"]
     seeds = pipe[profile]["seeds"] if profile in pipe and "seeds" in pipe[profile] else pipe["seeds"]
-    chains = [*pipe["cifar_distilled"], *pipe["cifar_decoupled"]]  # each with both recipes (dvc.yaml)
+    chains = [*pipe["cifar_distilled"], *pipe["cifar_decoupled"], *pipe["cifar_pretrained"]]  # both recipes each
     rows = set(pipe["cifar_methods"]) | set(chains) | {f"{m}@paper" for m in [*chains, *pipe["cifar_paper_methods"]]}
     return rows, seeds
+
+
+def _sized_rows(profile: str) -> dict[str, list[int]]:
+    """The searched cell at BNAS-B's and BNAS-C's sizes (pipeline.searched_sizes): folder -> its train seeds."""
+    pipe = yaml.safe_load((REPO / "pipelines" / "params.yaml").read_text())["pipeline"]
+    entries = pipe[profile].get("searched_sizes", pipe["searched_sizes"]) if profile in pipe else pipe["searched_sizes"]
+    out: dict[str, list[int]] = {}
+    for e in entries:
+        out.setdefault(e["retrain"], []).append(e["train_seed"])
+    return out
 
 
 def _table(path: Path) -> dict[str, dict[str, str]]:
@@ -50,3 +60,9 @@ def test_every_shared_recipe_row_is_in_the_committed_table_and_learns(profile, f
 def test_every_own_recipe_row_is_in_the_committed_table_and_learns(profile, folder):
     rows, seeds = _pipeline_rows(profile)
     _check(folder, {r for r in rows if r.endswith("@paper")}, seeds)
+
+
+@pytest.mark.parametrize("profile, folder", [("quick", "results/quick")])
+def test_every_searched_cell_at_bnas_b_and_c_size_is_in_the_committed_table_and_learns(profile, folder):
+    for name, seeds in _sized_rows(profile).items():
+        _check(folder, {name}, seeds)

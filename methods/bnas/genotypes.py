@@ -1,8 +1,10 @@
 """BNAS genotypes: the search spaces' primitives and the published cells, as data.
 
 Kim, Singh, Choi, "Learning Architectures for Binary Networks", ECCV 2020, arXiv 2002.06963 (docs/bnas.md §2, §5.1).
-Two search spaces: the paper's S_B (`PRIMITIVES`) and the DARTS space with its convs binarised (`DARTS_PRIMITIVES`;
-Liu et al., "DARTS", ICLR 2019), to test the paper's claim that separable convs are detrimental to binary networks.
+Three search spaces: the paper's S_B (`PRIMITIVES`); the DARTS space with its convs binarised (`DARTS_PRIMITIVES`;
+Liu et al., "DARTS", ICLR 2019), to test the paper's claim that separable convs are detrimental to binary networks;
+and BATS's binary space of grouped convs with channel shuffle (`BATS_PRIMITIVES`; Bulat et al., ECCV 2020), to compare
+two binary NAS methods at one budget.
 A genotype lists, per intermediate node, two (operation, input) pairs; inputs 0 and 1 are the cell inputs c_{k-2} and
 c_{k-1}, inputs 2..5 the nodes 0..3. The cell output concatenates nodes 2..5.
 """
@@ -17,6 +19,7 @@ from typing import NamedTuple
 __all__ = [
     "PRIMITIVES",
     "DARTS_PRIMITIVES",
+    "BATS_PRIMITIVES",
     "SPACES",
     "ALL_PRIMITIVES",
     "Genotype",
@@ -53,8 +56,22 @@ DARTS_PRIMITIVES: tuple[str, ...] = (
     "bin_dil_sep_conv_5x5",
 )
 
+# BATS's space (Bulat, Martinez, Tzimiropoulos, "BATS: Binary ArchitecTure Search", ECCV 2020), in DARTS's order:
+# its "sep" and "dil" convs are single binary GROUPED convs followed by a channel shuffle, each with an identity skip at
+# stride 1 (methods.bnas.operations.BatsGroupConv); skip_connect, the pools and Zeroise as in the DARTS space.
+BATS_PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "bats_group_conv_3x3",
+    "bats_group_conv_5x5",
+    "bats_dil_group_conv_3x3",
+    "bats_dil_group_conv_5x5",
+)
+
 # The search spaces by name (`SuperNet(space=...)`).
-SPACES: dict[str, tuple[str, ...]] = {"bnas": PRIMITIVES, "darts": DARTS_PRIMITIVES}
+SPACES: dict[str, tuple[str, ...]] = {"bnas": PRIMITIVES, "darts": DARTS_PRIMITIVES, "bats": BATS_PRIMITIVES}
 
 # Every op of every space (S_B's order, then the other spaces' new ops): what a final network's genotype may use.
 ALL_PRIMITIVES: tuple[str, ...] = tuple(dict.fromkeys(p for space in SPACES.values() for p in space))

@@ -9,7 +9,9 @@ S_B (the paper's space) has Zeroise, two pools and four binary convs. The DARTS 
 is also available with its convs binarised in the same way (the paper argues that separable convs are detrimental to
 binary networks; this space tests that claim): `bin_sep_conv_*` (DARTS SepConv), `bin_dil_sep_conv_*` (DARTS DilConv)
 and `skip_connect`. Every conv of these ops is binary (its own BN -> sign on its input, XNOR weights, ReLU after);
-the depthwise convs use :class:`DepthwiseXnorWeight` (no centring, see there).
+the depthwise convs use :class:`DepthwiseXnorWeight` (no centring, see there). BATS's space (Bulat et al., ECCV 2020)
+has `bats_group_conv_*` and `bats_dil_group_conv_*` instead (:class:`BatsGroupConv`: one binary grouped conv with
+alpha * sign weights and a learned channel scale, PReLU, channel shuffle, identity skip).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.binary import BinaryConv2d, XnorWeight
+from methods.binary.scaling import LearnedScale
 
 __all__ = [
     "CONV_OPS",
@@ -33,6 +36,9 @@ __all__ = [
     "BinDilSepConv",
     "BinFactorizedReduce",
     "BinSepConv",
+    "BatsGroupConv",
+    "bats_groups",
+    "channel_shuffle",
     "DepthwiseXnorWeight",
     "Zeroise",
     "depthwise_xnor_weight_quantizer",
@@ -174,6 +180,74 @@ class BinFactorizedReduce(nn.Module):
         return torch.cat([a, b], dim=1)
 
 
+BATS_GROUPS = 12  # BATS's grouped convs: 12 groups (bnn's bats_ops.py), where the width allows it
+BATS_SHUFFLE = 4  # and a channel shuffle over 4 groups after each
+
+
+def bats_groups(c: int, groups: int = BATS_GROUPS) -> int:
+    """The groups of a BATS grouped conv on `c` channels: `groups` (12, the code's) when it divides `c`, else the
+    largest divisor of `c` below it (an INFERRED rule: the code's networks only have widths that 12 divides; the
+    harness's shrunken profiles do not, C = 8 gives 8 groups, i.e. a depthwise conv)."""
+    return max(g for g in range(1, min(groups, c) + 1) if c % g == 0)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle: (N, g*k, H, W) -> channels reordered as k x g (Zhang et al., CVPR 2018)."""
+    n, c, h, w = x.shape
+    if groups <= 1 or c % groups:
+        return x
+    return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class BatsGroupConv(nn.Module):
+    """BATS's binary conv op (Bulat, Martinez, Tzimiropoulos, ECCV 2020; bnn's bats_ops.py, read only): BN -> sign ->
+    k x k GROUPED conv with alpha * sign weights (alpha = mean |W| per filter: bnn's optional XNOR scale, on here) and a
+    learned per-channel output scale (bnn's BasicScaleBinarizer, initialised to ones) -> PReLU, then a channel
+    shuffle; at stride 1 with an identity skip, x + op(x) (the code forces it on).
+
+    Why alpha is on (INFERRED: the code offers both): without it the binary weights are +-1 while the latent ones are
+    ~0.1, so the binary-first search's switch from real to binary weights multiplies every op's output by ~10; in a
+    quick BATS search that made the supernet's loss jump from 2.6 to 17.5 at the switch.
+
+    Real: the BN, the scale, the PReLU and the skip. The "sep_conv_k" of BATS's space is this op without dilation, its
+    "dil_conv_k" the same with dilation 2 (harness names: bats_group_conv_k, bats_dil_group_conv_k).
+    """
+
+    def __init__(
+        self,
+        c: int,
+        kernel: int,
+        stride: int,
+        padding: int,
+        dilation: int = 1,
+        affine: bool = True,
+        groups: int = BATS_GROUPS,
+        shuffle: int = BATS_SHUFFLE,
+    ) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(c, affine=affine)
+        self.conv = BinaryConv2d(
+            c,
+            c,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            bats_groups(c, groups),
+            bias=False,
+            input_quantizer="ste_sign",
+            weight_quantizer=XnorWeight(center=False, clamp=False, grad="ste"),
+            scale=LearnedScale(c, "channel"),
+        )
+        self.act = nn.PReLU(c)
+        self.shuffle = shuffle
+        self.residual = stride == 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = channel_shuffle(self.act(self.conv(self.bn(x))), self.shuffle)
+        return x + h if self.residual else h
+
+
 def skip_connect(c: int, stride: int, affine: bool) -> nn.Module:
     """DARTS's skip_connect: the identity (real) at stride 1, :class:`BinFactorizedReduce` at stride 2."""
     return nn.Identity() if stride == 1 else BinFactorizedReduce(c, c, affine)
@@ -192,7 +266,7 @@ class Zeroise(nn.Module):
         return x.new_zeros(x.shape[0], x.shape[1], (x.shape[2] + 1) // 2, (x.shape[3] + 1) // 2)
 
 
-OpKind = Literal["zero", "max_pool", "avg_pool", "conv", "sep_conv", "dil_sep_conv", "skip"]
+OpKind = Literal["zero", "max_pool", "avg_pool", "conv", "sep_conv", "dil_sep_conv", "skip", "group_conv"]
 
 
 @dataclass(frozen=True)
@@ -225,6 +299,11 @@ OP_SPECS: dict[str, OpSpec] = {
     "bin_sep_conv_5x5": OpSpec("sep_conv", 5),
     "bin_dil_sep_conv_3x3": OpSpec("dil_sep_conv", 3, 2),
     "bin_dil_sep_conv_5x5": OpSpec("dil_sep_conv", 5, 2),
+    # BATS's space (Bulat et al., ECCV 2020): binary grouped convs with channel shuffle
+    "bats_group_conv_3x3": OpSpec("group_conv", 3),
+    "bats_group_conv_5x5": OpSpec("group_conv", 5),
+    "bats_dil_group_conv_3x3": OpSpec("group_conv", 3, 2),
+    "bats_dil_group_conv_5x5": OpSpec("group_conv", 5, 2),
 }
 # the single-conv ops (one binary conv each): S_B's four convs
 CONV_OPS: tuple[str, ...] = tuple(name for name, spec in OP_SPECS.items() if spec.kind == "conv")
@@ -264,4 +343,6 @@ def build_op(name: str, c: int, stride: int, affine: bool) -> nn.Module:
         return BinSepConv(c, c, k, stride, pad, affine)
     if spec.kind == "dil_sep_conv":
         return BinDilSepConv(c, c, k, stride, pad, dil, affine)
+    if spec.kind == "group_conv":
+        return BatsGroupConv(c, k, stride, pad, dil, affine)
     return skip_connect(c, stride, affine)

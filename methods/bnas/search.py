@@ -127,6 +127,10 @@ class BnasSearcher:
     clamp is taken in Python, so the capture bakes it in: in the first forward of the iteration, not in the second,
     which is the eager pattern.
 
+    `real_weight_epochs` > 0: BATS's binary-first phases (Bulat et al., ECCV 2020, as the spec reads them): the first
+    that many epochs run the cells' binary convs on real weights behind binary activations
+    (:meth:`SuperNet.set_weight_binary`), the rest fully binary.
+
     Interface: `new_epoch(epoch)`, `step(train_batch, val_batch)` (or `step_metrics`, which does not wait for the
     device), `genotype()`, `state_dict()`/`load_state_dict()`.
     """
@@ -155,8 +159,10 @@ class BnasSearcher:
         official_lr_offset: bool,
         amp_dtype: torch.dtype | None = None,
         cuda_graph: bool = False,
+        real_weight_epochs: int = 0,
     ) -> None:
         self.net = supernet
+        self.real_weight_epochs = real_weight_epochs
         self.amp_dtype = amp_dtype
         on_cuda = next(supernet.parameters()).device.type == "cuda"
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -191,6 +197,8 @@ class BnasSearcher:
         §8.9)."""
         self.epoch = epoch
         self._graph = None  # captured with the last epoch's learning rate and regulariser weight
+        if self.real_weight_epochs:  # binary-first phases: binary activations with real weights, then both binary
+            self.net.set_weight_binary(epoch >= self.real_weight_epochs)
         t = epoch + 1 if self.official_lr_offset else epoch
         for g in self.w_opt.param_groups:
             g["lr"] = _cosine(self.lr, self.lr_min, t, self.epochs)
@@ -288,11 +296,18 @@ class BnasSearcher:
     def entropy(self) -> float:
         """Current mean alpha entropy (the correct reading, whatever `official_entropy_bug` says)."""
         with torch.no_grad():
-            return float(mean_entropy(self.a_params[0], self.a_params[1]))
+            return float(mean_entropy(*self._logits()))
+
+    def _logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mixing logits alpha / temperature of the supernet (the alphas themselves at temperature 1)."""
+        t = getattr(self.net, "temperature", 1.0)
+        a, b = self.a_params
+        return (a, b) if t == 1.0 else (a / t, b / t)
 
     def genotype(self, **kwargs: Any) -> Genotype:
-        """The genotype derived from the current alphas (see :func:`derive_genotype`)."""
-        return derive_genotype(self.a_params[0], self.a_params[1], self.net.primitives, self.net.steps, **kwargs)
+        """The genotype derived from the current mixing weights softmax(alpha / temperature) (see
+        :func:`derive_genotype`)."""
+        return derive_genotype(*self._logits(), self.net.primitives, self.net.steps, **kwargs)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -3,8 +3,9 @@ type.
 
 Kim, Singh, Choi, "Learning Architectures for Binary Networks", ECCV 2020, arXiv 2002.06963 (docs/bnas.md §3-4).
 
-Search spaces (`space`, :data:`methods.bnas.genotypes.SPACES`): "bnas" (S_B, the paper's) or "darts" (the DARTS space
-with binarised convs, Liu et al., ICLR 2019; reference implementation only). Search-time ops: Zeroise; max/avg pool 3x3
+Search spaces (`space`, :data:`methods.bnas.genotypes.SPACES`): "bnas" (S_B, the paper's), "darts" (the DARTS space
+with binarised convs, Liu et al., ICLR 2019) or "bats" (BATS's grouped binary convs with channel shuffle, Bulat et al.,
+ECCV 2020); the last two with the reference implementation only. Search-time ops: Zeroise; max/avg pool 3x3
 each followed by BN(affine=False); every other op is its final-network op (methods.bnas.operations) with
 BN(affine=False): binary convs BN -> sign -> conv (XNOR weights) -> ReLU, the DARTS space's separable convs chains of
 those, skip_connect the identity (a binary factorized reduction at stride 2). Preprocessing is full precision
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from methods.binary import BinaryConv2d
 from methods.bnas.genotypes import PRIMITIVES, SPACES
 from methods.bnas.operations import CONV_OPS
 from methods.bnas.search_cell import SearchCell, SearchCellBase, num_edges
@@ -61,7 +63,9 @@ class SuperNet(nn.Module):
         activation_checkpointing: keep only each cell's inputs for backward and recompute the cell there (less memory,
             about one more forward of time); BN running statistics are updated once, as without it.
         space: the search space, a key of :data:`methods.bnas.genotypes.SPACES` ("bnas": S_B, 14 x 7 alphas;
-            "darts": the binarised DARTS space, 14 x 8).
+            "darts": the binarised DARTS space, 14 x 8; "bats": BATS's grouped binary convs, 14 x 8).
+        temperature: the mixing weights are softmax(alpha / temperature) (1: BNAS and DARTS; BATS's temperature-
+            controlled softmax, Bulat et al. ECCV 2020, sets it below 1 to sharpen them; its value is UNVERIFIED).
 
     Raises:
         ValueError: unknown `space` or `impl`; `impl="shared"` or `official_fp_tail` with a space other than "bnas".
@@ -81,8 +85,12 @@ class SuperNet(nn.Module):
         official_binary_preprocess: bool = False,
         activation_checkpointing: bool = False,
         space: str = "bnas",
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
         if space not in SPACES:
             raise ValueError(f"unknown search space {space!r}; expected one of {', '.join(map(repr, SPACES))}")
         if space != "bnas" and impl == "shared":
@@ -140,6 +148,19 @@ class SuperNet(nn.Module):
         self.fp_convs = release_fp_tail(self) if official_fp_tail else []
         for cell_i, edge, op in self.fp_convs:
             cast(SearchCellBase, self.cells[cell_i]).set_fp(edge, op)
+        # the cells' binary-input convs and their weight quantizers (`set_weight_binary` swaps them out and back)
+        self._weight_quantizers = [
+            (m, m.weight_quantizer)
+            for m in self.cells.modules()
+            if isinstance(m, BinaryConv2d) and m.binary_input and m.weight_quantizer is not None
+        ]
+
+    def set_weight_binary(self, binary: bool) -> None:
+        """False: every cell conv with binary inputs runs on its real (latent) weights, True (the default): on its
+        binarised weights again. BATS's binary-first search starts with binary activations and real weights (Bulat et
+        al., ECCV 2020; the phases' lengths are UNVERIFIED): `search.real_weight_epochs`."""
+        for conv, quantizer in self._weight_quantizers:
+            conv.weight_quantizer = quantizer if binary else None
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """The architecture parameters (alphas)."""
@@ -156,8 +177,9 @@ class SuperNet(nn.Module):
             # in that layout the backward pass gathers edge gradients by plain copies, not transposes
             x = x.contiguous(memory_format=torch.channels_last)
         s0 = s1 = self.stem(x)
-        w_normal = F.softmax(self.alphas_normal, dim=-1)
-        w_reduce = F.softmax(self.alphas_reduce, dim=-1)
+        t = self.temperature
+        w_normal = F.softmax(self.alphas_normal if t == 1.0 else self.alphas_normal / t, dim=-1)
+        w_reduce = F.softmax(self.alphas_reduce if t == 1.0 else self.alphas_reduce / t, dim=-1)
         ckpt = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for cell in self.cells:
             w = w_reduce if cell.reduction else w_normal

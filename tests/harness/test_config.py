@@ -236,6 +236,8 @@ def test_the_quick_profile_keeps_the_recipe_asked_for():
         ("train.drop_path", 1.0, "in [0, 1)"),
         ("search.layers", 2, ">= 3"),
         ("search.batch_size", 0, "> 0"),
+        ("search.temperature", 0, "> 0"),
+        ("search.real_weight_fraction", 1.5, "in [0, 1)"),
         ("data.search_train_fraction", 1.0, "in (0, 1)"),
     ],
 )

@@ -24,6 +24,7 @@ SEEDS = {
     "bnas_searched": [89.0, 89.5],
     "ablation_no_skip": [60.0, 62.0],
     "ablation_no_div": [88.0, 88.4],
+    "bnas_b_searched": [90.5, 91.5],  # the searched cell at BNAS-B's size: the ablation table's BNAS-B Full cell
 }
 
 
@@ -77,13 +78,13 @@ def test_tables_from_fixture_runs_match_scipy(tmp_path):
     assert rows["bnas_a"]["n"] == "3" and rows["bnas_a"]["seeds"] == "0 1 2"
     assert rows["bnas_a"]["verdict"] == "within noise"  # 92.70 inside the CI, but 1.5 points off
     assert float(rows["bnas_a"]["delta_top1"]) == pytest.approx(sum(a) / 3 - 92.70)
-    # Welch p-values against BNAS-A, then Holm over the three compared rows (sorted step-down by hand)
-    compared = ["bireal_resnet18_cifar", "xnornetpp_resnet18_cifar", "bnas_searched"]
+    # Welch p-values against BNAS-A, then Holm over the four compared rows (sorted step-down by hand)
+    compared = ["bireal_resnet18_cifar", "xnornetpp_resnet18_cifar", "bnas_searched", "bnas_b_searched"]
     p = {m: stats.ttest_ind(SEEDS[m], a, equal_var=False).pvalue for m in compared}
     order = sorted(compared, key=p.get)
     expected, running = {}, 0.0
     for k, m in enumerate(order):
-        running = max(running, min(1.0, (3 - k) * p[m]))
+        running = max(running, min(1.0, (len(compared) - k) * p[m]))
         expected[m] = running
     for m in compared:
         assert float(rows[m]["p_welch"]) == pytest.approx(p[m])
@@ -102,6 +103,13 @@ def test_tables_from_fixture_runs_match_scipy(tmp_path):
     adj = [min(1, 2 * adj[0]), max(min(1, 2 * adj[0]), adj[1])]
     assert f"{sum(SEEDS['ablation_no_skip']) / 2 - sum(full) / 2:+.2f}" in ab
     assert "| ours: status | run | run | not run | run |" in ab
+    b = SEEDS["bnas_b_searched"]
+    b_cell = f"{summarize(b).fmt()} (n = 2)"
+    assert f"| ours at BNAS-B's size: mean ± std (n) | {b_cell} | not run (BNAS-A's size only) |" in ab
+    assert "| ours at BNAS-C's size: mean ± std (n) | not run | not run (BNAS-A's size only) |" in ab
+    ab_raw = {r["model"]: r for r in _rows(tmp_path / "out" / "ablation.csv")}
+    assert float(ab_raw["ours:bnas_b_searched"]["full"]) == pytest.approx(91.0)
+    assert "at BNAS-B's INFERRED size" in rows["bnas_b_searched"]["method"]  # and its row in the CIFAR-10 table
     for x in adj:
         assert (f"{x:.3f}" if x >= 1e-3 else "<0.001") in ab
     tex = (tmp_path / "out" / "cifar10.tex").read_text()

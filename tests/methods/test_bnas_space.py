@@ -15,7 +15,7 @@ from torch import nn
 
 from methods.binary import BinaryConv2d, XnorWeight, int8_conv
 from methods.bnas import DARTS_PRIMITIVES, PRIMITIVES, SPACES, Genotype, GenotypeError
-from methods.bnas.genotypes import ALL_PRIMITIVES, genotype_from_json, genotype_to_json
+from methods.bnas.genotypes import ALL_PRIMITIVES, BATS_PRIMITIVES, genotype_from_json, genotype_to_json
 from methods.bnas.network import BnasCell, BnasNetwork
 from methods.bnas.operations import (
     OP_SPECS,
@@ -98,7 +98,7 @@ def _is_xnor(w: torch.Tensor) -> bool:
 
 
 def test_the_spaces_and_their_ops():
-    assert SPACES == {"bnas": PRIMITIVES, "darts": DARTS_PRIMITIVES}
+    assert SPACES == {"bnas": PRIMITIVES, "darts": DARTS_PRIMITIVES, "bats": BATS_PRIMITIVES}
     assert DARTS_PRIMITIVES == (
         "none",
         "max_pool_3x3",
@@ -109,7 +109,7 @@ def test_the_spaces_and_their_ops():
         "bin_dil_sep_conv_3x3",
         "bin_dil_sep_conv_5x5",
     )
-    assert ALL_PRIMITIVES == PRIMITIVES + ("skip_connect",) + NEW_CONV_OPS
+    assert ALL_PRIMITIVES == PRIMITIVES + ("skip_connect",) + NEW_CONV_OPS + BATS_PRIMITIVES[4:]
     assert set(ALL_PRIMITIVES) == set(OP_SPECS)
 
 
