@@ -192,11 +192,11 @@ def bats_groups(c: int, groups: int = BATS_GROUPS) -> int:
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """ShuffleNet's channel shuffle: (N, g*k, H, W) -> channels reordered as k x g (Zhang et al., CVPR 2018)."""
-    n, c, h, w = x.shape
-    if groups <= 1 or c % groups:
+    """ShuffleNet's channel shuffle (Zhang et al., CVPR 2018; torch's `F.channel_shuffle`), or `x` unchanged when
+    `groups` does not divide its channels (the shrunken profiles' widths)."""
+    if groups <= 1 or x.shape[1] % groups:
         return x
-    return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+    return F.channel_shuffle(x, groups)
 
 
 class BatsGroupConv(nn.Module):

@@ -300,7 +300,7 @@ class BnasSearcher:
 
     def _logits(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The mixing logits alpha / temperature of the supernet (the alphas themselves at temperature 1)."""
-        t = getattr(self.net, "temperature", 1.0)
+        t = self.net.temperature
         a, b = self.a_params
         return (a, b) if t == 1.0 else (a / t, b / t)
 
